@@ -1,0 +1,726 @@
+#include "engine.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/log.h"
+#include "../common/pool.h"
+#include "backproject.h"
+#include "center.h"
+
+/* Bumped whenever a change alters the pixels produced for the same parameters. */
+#define TOMO_RECON_FORMAT_VERSION 1
+
+/* Truncation test threshold (ct-rec's PAD_THRESH default). */
+#define PAD_THRESHOLD 0.3
+
+/* ------------------------------------------------------------------------------------------ */
+/* Parameters                                                                                  */
+
+void tomo_recon_params_default(tomo_recon_params *params)
+{
+    memset(params, 0, sizeof *params);
+    params->filter = TOMO_FILTER_CHESLER;
+    params->pad = TOMO_PAD_AUTO;
+    params->center = NAN;
+    params->pixel_um = 1.0;
+    params->bin = 1;
+    tomo_prep_params_default(&params->prep);
+}
+
+/* Truncation test on a few rows and a subset of views: cheap, and done once per volume. */
+static int decide_pad(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pad_mode *pad,
+                      tomo_error *err)
+{
+    int step = scan->n_proj > 360 ? scan->n_proj / 360 : 1;
+    int n_sel = (scan->n_proj + step - 1) / step;
+    int *proj = malloc((size_t)n_sel * sizeof *proj);
+    float *rows = malloc((size_t)n_sel * (size_t)scan->width * sizeof *rows);
+    int rc = 0;
+    if (!proj || !rows) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory deciding the padding");
+        goto out;
+    }
+    for (int k = 0; k < n_sel; k++)
+        proj[k] = k * step;
+    int votes = 0, tried = 0;
+    for (int q = 1; q <= 3; q++) {
+        int z = (int)((long)scan->rows * q / 4);
+        if (z >= scan->rows)
+            z = scan->rows - 1;
+        rc = tomo_prep_rows(scan, pp, NULL, proj, n_sel, z, 1, rows, NULL, err);
+        if (rc < 0)
+            goto out;
+        votes += tomo_filter_needs_edge_pad(rows, n_sel, scan->width, PAD_THRESHOLD);
+        tried++;
+    }
+    *pad = votes * 2 >= tried ? TOMO_PAD_EDGE : TOMO_PAD_ZERO;
+out:
+    free(proj);
+    free(rows);
+    return rc;
+}
+
+int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_error *err)
+{
+    if (!(params->pixel_um > 0) || !isfinite(params->pixel_um))
+        return tomo_error_set(err, TOMO_E_INVALID, "pixel size %g um: must be positive",
+                              params->pixel_um);
+    if (params->bin < 1 || scan->width % params->bin != 0)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "bin=%d: must be a positive divisor of the detector width %d",
+                              params->bin, scan->width);
+    if (isnan(params->center)) {
+        int rc = tomo_center_find(scan, &params->prep, NULL, &params->center, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (!(params->center > 0 && params->center < scan->width - 1))
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "centre %.3f is outside the detector (0 to %d columns)",
+                              params->center, scan->width - 1);
+    if (params->pad == TOMO_PAD_AUTO) {
+        int rc = decide_pad(scan, &params->prep, &params->pad, err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t size)
+{
+    snprintf(buf, size,
+             "format=%d filter=%s pad=%s center=%.6f pixel_um=%.6f bin=%d floor=%.6f "
+             "black_fraction=%.6f",
+             TOMO_RECON_FORMAT_VERSION, tomo_filter_name(params->filter),
+             params->pad == TOMO_PAD_EDGE ? "edge" : "zero", params->center, params->pixel_um,
+             params->bin, params->prep.floor_counts, params->prep.black_fraction);
+}
+
+int tomo_recon_slice_size(const tomo_scan *scan, const tomo_recon_params *params)
+{
+    return scan->width / (params->bin > 0 ? params->bin : 1);
+}
+
+void tomo_engine_config_default(tomo_engine_config *config)
+{
+    memset(config, 0, sizeof *config);
+    config->threads = 0;
+    config->first_chunk = 2;
+    config->max_chunk = 32;
+    config->memory_limit = (uint64_t)2 << 30;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Engine state                                                                                */
+
+typedef struct waiter {
+    tomo_engine_done_fn done;
+    void *arg;
+    struct waiter *next;
+} waiter;
+
+/* A slice that is queued or being computed, with the requests waiting for it. */
+typedef struct pending {
+    int variant;
+    int z;
+    waiter *waiters;
+    struct pending *next;
+} pending;
+
+/* A synchronous caller of tomo_engine_compute waiting for its chunk. */
+typedef struct sync_wait {
+    pthread_cond_t cond;
+    int finished;
+    int rc;
+    tomo_error err;
+    tomo_slice **out;
+} sync_wait;
+
+typedef struct job {
+    int variant;
+    int z0;
+    int nz;
+    sync_wait *sync; /* NULL for chunks planned from requests */
+    struct job *next;
+} job;
+
+/* What one variant needs to reconstruct: its filter and back-projection geometry. */
+typedef struct variant_state {
+    tomo_recon_params params;
+    tomo_filter *filter;
+    tomo_bp_plan plan;
+    int size;
+    /* sequential-read detection */
+    int last_start;
+    int last_end;
+    int chunk;
+} variant_state;
+
+struct tomo_engine {
+    const tomo_scan *scan;
+    tomo_engine_config config;
+    tomo_engine_sink sink;
+    int n_variants;
+    variant_state *variants;
+    tomo_pool *pool;
+    size_t filter_scratch;
+    void **scratch; /* per pool slot */
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t thread;
+    int thread_started;
+    int stopping;
+    job *queue_head, *queue_tail;
+    pending *pending;
+    tomo_engine_stats stats;
+};
+
+static pending *find_pending(tomo_engine *engine, int variant, int z)
+{
+    for (pending *p = engine->pending; p; p = p->next)
+        if (p->variant == variant && p->z == z)
+            return p;
+    return NULL;
+}
+
+static int add_waiter(pending *p, tomo_engine_done_fn done, void *arg)
+{
+    waiter *w = malloc(sizeof *w);
+    if (!w)
+        return -1;
+    w->done = done;
+    w->arg = arg;
+    w->next = NULL;
+    /* append, so requests are answered in arrival order */
+    waiter **tail = &p->waiters;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = w;
+    return 0;
+}
+
+static void enqueue(tomo_engine *engine, job *j)
+{
+    j->next = NULL;
+    if (engine->queue_tail)
+        engine->queue_tail->next = j;
+    else
+        engine->queue_head = j;
+    engine->queue_tail = j;
+    pthread_cond_signal(&engine->wake);
+}
+
+/* Detaches the pending entry of (variant, z) and returns its waiters. Called with the lock. */
+static waiter *take_waiters(tomo_engine *engine, int variant, int z)
+{
+    for (pending **pp = &engine->pending; *pp; pp = &(*pp)->next) {
+        pending *p = *pp;
+        if (p->variant == variant && p->z == z) {
+            *pp = p->next;
+            waiter *w = p->waiters;
+            free(p);
+            return w;
+        }
+    }
+    return NULL;
+}
+
+static void answer(waiter *w, tomo_slice *slice, const tomo_error *err)
+{
+    while (w) {
+        waiter *next = w->next;
+        w->done(w->arg, slice, err);
+        free(w);
+        w = next;
+    }
+}
+
+static int stored(tomo_engine *engine, int variant, int z)
+{
+    if (!engine->sink.lookup)
+        return 0;
+    tomo_slice *s = engine->sink.lookup(engine->sink.ctx, variant, z);
+    if (!s)
+        return 0;
+    tomo_slice_unref(s);
+    return 1;
+}
+
+/* Rows per chunk that keep the sinogram under the memory limit. */
+static int memory_cap(const tomo_engine *engine)
+{
+    uint64_t per_row = (uint64_t)engine->scan->n_proj * (uint64_t)engine->scan->width * 4u;
+    uint64_t cap = per_row ? engine->config.memory_limit / per_row : 1;
+    if (cap < 1)
+        cap = 1;
+    if (cap > (uint64_t)engine->config.max_chunk)
+        cap = (uint64_t)engine->config.max_chunk;
+    return (int)cap;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reconstruction of one chunk on the CPU                                                      */
+
+struct filter_task {
+    tomo_engine *engine;
+    const tomo_filter *filter;
+    float *sino;
+    int width;
+    long n_rows;
+    int rows_per_task;
+};
+
+static void filter_rows_task(void *arg, int task, int slot)
+{
+    struct filter_task *t = arg;
+    long first = (long)task * t->rows_per_task;
+    long last = first + t->rows_per_task;
+    if (last > t->n_rows)
+        last = t->n_rows;
+    for (long r = first; r < last; r++)
+        tomo_filter_row(t->filter, t->sino + r * t->width, t->engine->scratch[slot]);
+}
+
+struct bp_task {
+    const tomo_bp_plan *plan;
+    const float *sino;
+    long slice_stride;
+    int n_slices;
+    float *images;
+    int band;
+};
+
+static void bp_task_run(void *arg, int task, int slot)
+{
+    (void)slot;
+    struct bp_task *t = arg;
+    int v0 = task * t->band;
+    int v1 = v0 + t->band;
+    if (v1 > t->plan->size)
+        v1 = t->plan->size;
+    tomo_bp_rows(t->plan, t->sino, t->slice_stride, t->n_slices, t->images, v0, v1);
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Reconstructs slices [z0, z0 + nz) of variant v into out[0..nz). */
+static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **out,
+                       tomo_error *err)
+{
+    const tomo_scan *scan = engine->scan;
+    variant_state *vs = &engine->variants[v];
+    long width = scan->width, m = scan->n_proj;
+    long slice_stride = m * width;
+    size_t sino_bytes = (size_t)nz * (size_t)slice_stride * sizeof(float);
+    size_t image_px = (size_t)vs->size * (size_t)vs->size;
+    float *sino = aligned_alloc(64, (sino_bytes + 63) & ~(size_t)63);
+    float *images = malloc((size_t)nz * image_px * sizeof(float));
+    int rc = 0;
+    for (int i = 0; i < nz; i++)
+        out[i] = NULL;
+    if (!sino || !images) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for a chunk of %d slices (%zu MB)",
+                            nz, sino_bytes >> 20);
+        goto out;
+    }
+    tomo_prep_stats stats = {0};
+    rc = tomo_prep_rows(scan, &vs->params.prep, engine->pool, NULL, (int)m, z0, nz, sino, &stats,
+                        err);
+    if (rc < 0)
+        goto out;
+    if (stats.black_lines)
+        tomo_log_warning("rows %d-%d: %ld projection lines without transmission replaced by "
+                         "the mean line",
+                         z0, z0 + nz - 1, stats.black_lines);
+
+    struct filter_task ft = {engine, vs->filter, sino, (int)width, (long)nz * m, 16};
+    tomo_pool_run(engine->pool, (int)((ft.n_rows + ft.rows_per_task - 1) / ft.rows_per_task),
+                  filter_rows_task, &ft);
+
+    struct bp_task bt = {&vs->plan, sino, slice_stride, nz, images, 4};
+    tomo_pool_run(engine->pool, (vs->size + bt.band - 1) / bt.band, bp_task_run, &bt);
+
+    for (int i = 0; i < nz; i++) {
+        out[i] = tomo_slice_new(v, z0 + i, vs->size);
+        if (!out[i]) {
+            rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for slice %d", z0 + i);
+            goto out;
+        }
+        memcpy(out[i]->pixels, images + (size_t)i * image_px, image_px * sizeof(float));
+    }
+out:
+    if (rc < 0)
+        for (int i = 0; i < nz; i++) {
+            tomo_slice_unref(out[i]);
+            out[i] = NULL;
+        }
+    free(sino);
+    free(images);
+    return rc;
+}
+
+static void run_job(tomo_engine *engine, job *j)
+{
+    tomo_slice **slices = calloc((size_t)j->nz, sizeof *slices);
+    tomo_error err;
+    tomo_error_clear(&err);
+    double t0 = now_seconds();
+    int rc = slices ? reconstruct(engine, j->variant, j->z0, j->nz, slices, &err)
+                    : tomo_error_set(&err, TOMO_E_NOMEM, "out of memory");
+    double elapsed = now_seconds() - t0;
+
+    /* A failure is reported by whoever waits for the slices, with the file names they know. */
+    if (rc >= 0) {
+        for (int i = 0; i < j->nz; i++)
+            if (engine->sink.store)
+                engine->sink.store(engine->sink.ctx, slices[i]);
+    }
+
+    pthread_mutex_lock(&engine->lock);
+    engine->stats.busy_seconds += elapsed;
+    if (rc < 0)
+        engine->stats.errors++;
+    else {
+        engine->stats.chunks++;
+        engine->stats.slices += (uint64_t)j->nz;
+    }
+    pthread_mutex_unlock(&engine->lock);
+
+    if (j->sync) {
+        pthread_mutex_lock(&engine->lock);
+        j->sync->rc = rc;
+        j->sync->err = err;
+        for (int i = 0; i < j->nz; i++)
+            j->sync->out[i] = rc < 0 ? NULL : slices[i];
+        j->sync->finished = 1;
+        pthread_cond_broadcast(&j->sync->cond);
+        pthread_mutex_unlock(&engine->lock);
+        free(slices);
+        return;
+    }
+    for (int i = 0; i < j->nz; i++) {
+        pthread_mutex_lock(&engine->lock);
+        waiter *w = take_waiters(engine, j->variant, j->z0 + i);
+        pthread_mutex_unlock(&engine->lock);
+        answer(w, rc < 0 ? NULL : slices[i], rc < 0 ? &err : NULL);
+        if (slices)
+            tomo_slice_unref(slices[i]);
+    }
+    free(slices);
+}
+
+static void cancel_job(tomo_engine *engine, job *j)
+{
+    tomo_error err;
+    tomo_error_clear(&err);
+    tomo_error_set(&err, TOMO_E_CANCELLED, "the filesystem is shutting down");
+    if (j->sync) {
+        pthread_mutex_lock(&engine->lock);
+        j->sync->rc = -TOMO_E_CANCELLED;
+        j->sync->err = err;
+        j->sync->finished = 1;
+        pthread_cond_broadcast(&j->sync->cond);
+        pthread_mutex_unlock(&engine->lock);
+        return;
+    }
+    for (int i = 0; i < j->nz; i++) {
+        pthread_mutex_lock(&engine->lock);
+        waiter *w = take_waiters(engine, j->variant, j->z0 + i);
+        pthread_mutex_unlock(&engine->lock);
+        answer(w, NULL, &err);
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    tomo_engine *engine = arg;
+    pthread_mutex_lock(&engine->lock);
+    for (;;) {
+        while (!engine->stopping && !engine->queue_head)
+            pthread_cond_wait(&engine->wake, &engine->lock);
+        job *j = engine->queue_head;
+        if (!j)
+            break; /* stopping with nothing left */
+        engine->queue_head = j->next;
+        if (!engine->queue_head)
+            engine->queue_tail = NULL;
+        int stopping = engine->stopping;
+        pthread_mutex_unlock(&engine->lock);
+        if (stopping)
+            cancel_job(engine, j);
+        else
+            run_job(engine, j);
+        free(j);
+        pthread_mutex_lock(&engine->lock);
+    }
+    pthread_mutex_unlock(&engine->lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Public functions                                                                            */
+
+int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants, int n_variants,
+                       const tomo_engine_config *config, const tomo_engine_sink *sink,
+                       tomo_engine **out, tomo_error *err)
+{
+    *out = NULL;
+    tomo_engine *engine = calloc(1, sizeof *engine);
+    if (!engine)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    engine->scan = scan;
+    if (config)
+        engine->config = *config;
+    else
+        tomo_engine_config_default(&engine->config);
+    if (engine->config.first_chunk < 1)
+        engine->config.first_chunk = 1;
+    if (engine->config.max_chunk < engine->config.first_chunk)
+        engine->config.max_chunk = engine->config.first_chunk;
+    if (sink)
+        engine->sink = *sink;
+    pthread_mutex_init(&engine->lock, NULL);
+    pthread_cond_init(&engine->wake, NULL);
+
+    int rc = 0;
+    double *angles = malloc((size_t)scan->n_proj * sizeof *angles);
+    engine->variants = calloc((size_t)n_variants, sizeof *engine->variants);
+    if (!angles || !engine->variants) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    engine->n_variants = n_variants;
+    for (int m = 0; m < scan->n_proj; m++)
+        angles[m] = (scan->proj_angle_deg[m] - scan->proj_angle_deg[0]) * (M_PI / 180.0);
+
+    for (int v = 0; v < n_variants; v++) {
+        variant_state *vs = &engine->variants[v];
+        vs->params = variants[v];
+        vs->size = tomo_recon_slice_size(scan, &vs->params);
+        vs->chunk = engine->config.first_chunk;
+        vs->last_start = vs->last_end = -1;
+        vs->filter = tomo_filter_create(scan->width, vs->params.filter, vs->params.pad, err);
+        if (!vs->filter) {
+            rc = err && err->code ? -err->code : -TOMO_E_NOMEM;
+            goto fail;
+        }
+        size_t need = tomo_filter_scratch_size(vs->filter);
+        if (need > engine->filter_scratch)
+            engine->filter_scratch = need;
+        rc = tomo_bp_plan_init(&vs->plan, scan->width, angles, NULL, scan->n_proj,
+                               vs->params.center, vs->params.pixel_um * 1e-4, vs->params.bin, err);
+        if (rc < 0)
+            goto fail;
+    }
+
+    engine->pool = tomo_pool_create(engine->config.threads);
+    if (!engine->pool) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "cannot start worker threads");
+        goto fail;
+    }
+    int slots = tomo_pool_size(engine->pool);
+    engine->scratch = calloc((size_t)slots, sizeof *engine->scratch);
+    if (!engine->scratch) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    size_t scratch_bytes = (engine->filter_scratch + 63) & ~(size_t)63;
+    for (int i = 0; i < slots; i++) {
+        engine->scratch[i] = aligned_alloc(64, scratch_bytes ? scratch_bytes : 64);
+        if (!engine->scratch[i]) {
+            rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    if (pthread_create(&engine->thread, NULL, engine_main, engine) != 0) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "cannot start the engine thread");
+        goto fail;
+    }
+    engine->thread_started = 1;
+    free(angles);
+    *out = engine;
+    return 0;
+fail:
+    free(angles);
+    tomo_engine_destroy(engine);
+    return rc;
+}
+
+void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_done_fn done,
+                         void *arg)
+{
+    tomo_error err;
+    tomo_error_clear(&err);
+    if (variant < 0 || variant >= engine->n_variants || z < 0 || z >= engine->scan->rows) {
+        tomo_error_set(&err, TOMO_E_INVALID, "no slice %d in variant %d", z, variant);
+        done(arg, NULL, &err);
+        return;
+    }
+    pthread_mutex_lock(&engine->lock);
+    engine->stats.requests++;
+    if (engine->stopping) {
+        pthread_mutex_unlock(&engine->lock);
+        tomo_error_set(&err, TOMO_E_CANCELLED, "the filesystem is shutting down");
+        done(arg, NULL, &err);
+        return;
+    }
+    pending *p = find_pending(engine, variant, z);
+    if (p) {
+        engine->stats.joined++;
+        if (add_waiter(p, done, arg) < 0)
+            goto nomem;
+        pthread_mutex_unlock(&engine->lock);
+        return;
+    }
+    if (engine->sink.lookup) {
+        tomo_slice *s = engine->sink.lookup(engine->sink.ctx, variant, z);
+        if (s) {
+            pthread_mutex_unlock(&engine->lock);
+            done(arg, s, NULL);
+            tomo_slice_unref(s);
+            return;
+        }
+    }
+
+    /* Plan a chunk starting at z: larger while the reader moves forward through the volume. */
+    variant_state *vs = &engine->variants[variant];
+    int cap = memory_cap(engine);
+    if (vs->last_start >= 0 && z >= vs->last_start && z <= vs->last_end + vs->chunk)
+        vs->chunk = vs->chunk * 2 < cap ? vs->chunk * 2 : cap;
+    else
+        vs->chunk = engine->config.first_chunk < cap ? engine->config.first_chunk : cap;
+    int nz = 1;
+    while (nz < vs->chunk && z + nz < engine->scan->rows &&
+           !find_pending(engine, variant, z + nz) && !stored(engine, variant, z + nz))
+        nz++;
+    vs->last_start = z;
+    vs->last_end = z + nz;
+
+    job *j = calloc(1, sizeof *j);
+    pending **created = calloc((size_t)nz, sizeof *created);
+    if (!j || !created) {
+        free(j);
+        free(created);
+        goto nomem;
+    }
+    for (int i = 0; i < nz; i++) {
+        created[i] = calloc(1, sizeof **created);
+        if (!created[i] || (i == 0 && add_waiter(created[i], done, arg) < 0)) {
+            for (int k = 0; k <= i; k++) {
+                if (created[k])
+                    free(created[k]->waiters);
+                free(created[k]);
+            }
+            free(created);
+            free(j);
+            goto nomem;
+        }
+        created[i]->variant = variant;
+        created[i]->z = z + i;
+    }
+    for (int i = 0; i < nz; i++) {
+        created[i]->next = engine->pending;
+        engine->pending = created[i];
+    }
+    free(created);
+    j->variant = variant;
+    j->z0 = z;
+    j->nz = nz;
+    enqueue(engine, j);
+    pthread_mutex_unlock(&engine->lock);
+    return;
+nomem:
+    pthread_mutex_unlock(&engine->lock);
+    tomo_error_set(&err, TOMO_E_NOMEM, "out of memory queueing slice %d", z);
+    done(arg, NULL, &err);
+}
+
+int tomo_engine_compute(tomo_engine *engine, int variant, int z0, int nz, tomo_slice **out,
+                        tomo_error *err)
+{
+    if (variant < 0 || variant >= engine->n_variants || z0 < 0 || nz < 1 ||
+        z0 + nz > engine->scan->rows)
+        return tomo_error_set(err, TOMO_E_INVALID, "slices %d-%d are outside the volume (0-%d)", z0,
+                              z0 + nz - 1, engine->scan->rows - 1);
+    sync_wait wait = {.finished = 0, .rc = 0, .out = out};
+    pthread_cond_init(&wait.cond, NULL);
+    tomo_error_clear(&wait.err);
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        pthread_cond_destroy(&wait.cond);
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    }
+    j->variant = variant;
+    j->z0 = z0;
+    j->nz = nz;
+    j->sync = &wait;
+    pthread_mutex_lock(&engine->lock);
+    enqueue(engine, j);
+    while (!wait.finished)
+        pthread_cond_wait(&wait.cond, &engine->lock);
+    pthread_mutex_unlock(&engine->lock);
+    pthread_cond_destroy(&wait.cond);
+    if (wait.rc < 0)
+        return tomo_error_set(err, wait.err.code, "%s", wait.err.message);
+    return 0;
+}
+
+void tomo_engine_get_stats(tomo_engine *engine, tomo_engine_stats *stats)
+{
+    pthread_mutex_lock(&engine->lock);
+    *stats = engine->stats;
+    uint64_t queued = 0;
+    for (pending *p = engine->pending; p; p = p->next)
+        for (waiter *w = p->waiters; w; w = w->next)
+            queued++;
+    stats->queued = queued;
+    pthread_mutex_unlock(&engine->lock);
+}
+
+void tomo_engine_destroy(tomo_engine *engine)
+{
+    if (!engine)
+        return;
+    if (engine->thread_started) {
+        pthread_mutex_lock(&engine->lock);
+        engine->stopping = 1;
+        pthread_cond_broadcast(&engine->wake);
+        pthread_mutex_unlock(&engine->lock);
+        pthread_join(engine->thread, NULL);
+    }
+    /* Requests that joined nothing queued (cannot happen once the thread drained) are freed. */
+    while (engine->pending) {
+        pending *p = engine->pending;
+        engine->pending = p->next;
+        tomo_error err;
+        tomo_error_clear(&err);
+        tomo_error_set(&err, TOMO_E_CANCELLED, "the filesystem is shutting down");
+        answer(p->waiters, NULL, &err);
+        free(p);
+    }
+    if (engine->scratch) {
+        for (int i = 0; i < tomo_pool_size(engine->pool); i++)
+            free(engine->scratch[i]);
+        free(engine->scratch);
+    }
+    tomo_pool_destroy(engine->pool);
+    for (int v = 0; v < engine->n_variants; v++) {
+        tomo_filter_destroy(engine->variants[v].filter);
+        tomo_bp_plan_free(&engine->variants[v].plan);
+    }
+    free(engine->variants);
+    pthread_mutex_destroy(&engine->lock);
+    pthread_cond_destroy(&engine->wake);
+    free(engine);
+}

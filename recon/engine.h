@@ -1,0 +1,120 @@
+/*
+ * recon/engine.h - turns requests for slices into reconstructions.
+ *
+ * The engine owns the worker threads. A request names a variant (a full parameter set, see
+ * tomo_recon_params) and a slice; it is answered once, asynchronously, on an engine thread.
+ * Requests are single-flight: while a slice is being computed, further requests for it wait
+ * on the same computation. The engine plans a chunk of adjacent slices around each new
+ * request: small for the first, growing while requests keep moving forward through the
+ * volume, so sequential readers are served from ever larger and cheaper chunks. Every slice a
+ * chunk produces goes to the sink (the cache), wanted or not.
+ *
+ * One chunk runs at a time: its preprocessing reads the detector rows of every projection in
+ * parallel, and its reconstruction uses every core.
+ */
+#ifndef TOMO_ENGINE_H
+#define TOMO_ENGINE_H
+
+#include <stdint.h>
+
+#include "../common/error.h"
+#include "filter.h"
+#include "prep.h"
+#include "scan.h"
+#include "slice.h"
+
+/* Everything that determines the pixels of a reconstruction. */
+typedef struct tomo_recon_params {
+    tomo_filter_kind filter;
+    tomo_pad_mode pad; /* resolved once per volume, see tomo_recon_resolve() */
+    double center;     /* rotation axis, detector columns; NaN = find automatically */
+    double pixel_um;   /* detector pixel size; sets the cm^-1 scale */
+    int bin;           /* output binning, 1 = full resolution */
+    tomo_prep_params prep;
+} tomo_recon_params;
+
+void tomo_recon_params_default(tomo_recon_params *params);
+
+/*
+ * Fills in what was left automatic: the centre (tomo_center_find) and the padding decision
+ * (the truncation test on a few rows spread over the detector). Runs on the caller's
+ * thread; reads a handful of detector rows.
+ */
+int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_error *err);
+
+/*
+ * The canonical text of a parameter set: every field that changes pixels, printed with
+ * fixed precision, prefixed by the format version. Equal texts mean equal pixels.
+ */
+void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t size);
+
+/* Side of the slices a parameter set produces. */
+int tomo_recon_slice_size(const tomo_scan *scan, const tomo_recon_params *params);
+
+typedef struct tomo_engine tomo_engine;
+
+/* Where finished slices go: typically the cache. Both functions may be NULL. */
+typedef struct tomo_engine_sink {
+    void *ctx;
+    /* Called once for every slice computed, before the waiting requests are answered. */
+    void (*store)(void *ctx, tomo_slice *slice);
+    /* A new reference to a slice already stored, or NULL; lets the engine skip it. */
+    tomo_slice *(*lookup)(void *ctx, int variant, int z);
+} tomo_engine_sink;
+
+typedef struct tomo_engine_config {
+    int threads;           /* CPU threads for preprocessing and reconstruction; 0 = all */
+    int first_chunk;       /* slices in the chunk planned for an isolated request */
+    int max_chunk;         /* cap on slices per chunk */
+    uint64_t memory_limit; /* bytes of sinogram per chunk at most */
+} tomo_engine_config;
+
+void tomo_engine_config_default(tomo_engine_config *config);
+
+/*
+ * Answer to a request: on success `slice` is a borrowed reference (take your own with
+ * tomo_slice_ref to keep it) and err is NULL; on failure slice is NULL and err says why.
+ */
+typedef void (*tomo_engine_done_fn)(void *arg, tomo_slice *slice, const tomo_error *err);
+
+/*
+ * Starts the engine's threads for `scan` and the `n_variants` parameter sets (resolved, see
+ * tomo_recon_resolve). The scan and the variants must outlive the engine.
+ */
+int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants, int n_variants,
+                       const tomo_engine_config *config, const tomo_engine_sink *sink,
+                       tomo_engine **out, tomo_error *err);
+
+/*
+ * Asks for slice z of a variant. `done` is called exactly once, from an engine thread or,
+ * when the sink already holds the slice, from the calling thread before this returns.
+ */
+void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_done_fn done,
+                         void *arg);
+
+/*
+ * Reconstructs slices [z0, z0 + nz) of a variant as one chunk and waits for them. out[i]
+ * receives slice z0 + i (caller unrefs). For whole-volume work such as export.
+ */
+int tomo_engine_compute(tomo_engine *engine, int variant, int z0, int nz, tomo_slice **out,
+                        tomo_error *err);
+
+/* Counters for status displays. */
+typedef struct tomo_engine_stats {
+    uint64_t chunks;     /* chunks reconstructed */
+    uint64_t slices;     /* slices reconstructed */
+    uint64_t requests;   /* requests received */
+    uint64_t joined;     /* requests that joined a computation already under way */
+    uint64_t errors;     /* chunks that failed */
+    uint64_t queued;     /* requests waiting now */
+    double busy_seconds; /* time spent reconstructing */
+} tomo_engine_stats;
+
+void tomo_engine_get_stats(tomo_engine *engine, tomo_engine_stats *stats);
+
+/*
+ * Stops the threads. Requests still waiting are answered with TOMO_E_CANCELLED. NULL allowed.
+ */
+void tomo_engine_destroy(tomo_engine *engine);
+
+#endif
