@@ -1,0 +1,306 @@
+#include "volume.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/hash.h"
+
+void tomo_volume_options_default(tomo_volume_options *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    tomo_recon_params_default(&opts->params);
+    opts->ram_cache_bytes = (uint64_t)1 << 30;
+    opts->threads = 0;
+    opts->max_chunk = 32;
+}
+
+/* ---- a growing text buffer for scan.json ---- */
+
+typedef struct text {
+    char *buf;
+    size_t len, cap;
+    int failed;
+} text;
+
+static void text_add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void text_add(text *t, const char *fmt, ...)
+{
+    if (t->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = 1;
+            return;
+        }
+        if (t->buf && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? t->cap * 2 : 4096;
+        while (cap < t->len + (size_t)n + 1)
+            cap *= 2;
+        char *grown = realloc(t->buf, cap);
+        if (!grown) {
+            t->failed = 1;
+            return;
+        }
+        t->buf = grown;
+        t->cap = cap;
+    }
+}
+
+static void text_add_json_string(text *t, const char *s)
+{
+    text_add(t, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            text_add(t, "\\%c", ch);
+        else if (ch < 0x20)
+            text_add(t, "\\u%04x", ch);
+        else
+            text_add(t, "%c", ch);
+    }
+    text_add(t, "\"");
+}
+
+static int build_scan_json(tomo_volume *vol, tomo_error *err)
+{
+    const tomo_scan *scan = vol->scan;
+    text t = {0};
+    double first = scan->proj_angle_deg[0];
+    double last = scan->proj_angle_deg[scan->n_proj - 1];
+    double min_step = INFINITY, max_step = 0;
+    for (int m = 1; m < scan->n_proj; m++) {
+        double step = scan->proj_angle_deg[m] - scan->proj_angle_deg[m - 1];
+        min_step = step < min_step ? step : min_step;
+        max_step = step > max_step ? step : max_step;
+    }
+    if (scan->n_proj < 2)
+        min_step = max_step = 0;
+    const tomo_recon_params *p0 = &vol->variants[0].params;
+
+    text_add(&t, "{\n  \"software\": \"tomofs %s\",\n", TOMOFS_VERSION);
+    text_add(&t, "  \"scan\": {\n    \"path\": ");
+    text_add_json_string(&t, scan->path);
+    text_add(&t, ",\n    \"format\": ");
+    text_add_json_string(&t, scan->format);
+    text_add(&t, ",\n    \"fingerprint\": \"%016llx\"\n  },\n",
+             (unsigned long long)scan->fingerprint);
+    text_add(&t, "  \"detector\": {\"width\": %d, \"rows\": %d, \"pixel_um\": %.6f},\n",
+             scan->width, scan->rows, p0->pixel_um);
+    text_add(&t,
+             "  \"projections\": {\"count\": %d, \"first_angle_deg\": %.6f, "
+             "\"last_angle_deg\": %.6f, \"range_deg\": %.6f, \"mean_step_deg\": %.6f, "
+             "\"min_step_deg\": %.6f, \"max_step_deg\": %.6f},\n",
+             scan->n_proj, first, last, last - first,
+             scan->n_proj > 1 ? (last - first) / (scan->n_proj - 1) : 0.0, min_step, max_step);
+    text_add(&t, "  \"flats\": {\"count\": %d, \"groups\": %d},\n", scan->n_flat,
+             scan->n_flat_groups);
+    text_add(&t, "  \"darks\": {\"count\": %d},\n", scan->n_dark);
+    text_add(&t, "  \"center\": %.6f,\n  \"center_source\": \"%s\",\n", p0->center,
+             vol->center_automatic ? "automatic" : "option");
+    text_add(&t, "  \"units\": \"cm^-1\",\n  \"slices\": %d,\n  \"variants\": {\n", scan->rows);
+    for (int v = 0; v < vol->n_variants; v++) {
+        const tomo_volume_variant *var = &vol->variants[v];
+        text_add(&t,
+                 "    \"%s\": {\"filter\": \"%s\", \"pad\": \"%s\", \"bin\": %d, "
+                 "\"slice_size\": %d, \"file_bytes\": %llu, \"floor_counts\": %.6f, "
+                 "\"black_fraction\": %.6f, \"key\": \"%016llx\", \"parameters\": ",
+                 var->name, tomo_filter_name(var->params.filter),
+                 var->params.pad == TOMO_PAD_EDGE ? "edge" : "zero", var->params.bin, var->size,
+                 (unsigned long long)var->file_size, var->params.prep.floor_counts,
+                 var->params.prep.black_fraction, (unsigned long long)var->key);
+        text_add_json_string(&t, var->params_text);
+        text_add(&t, "}%s\n", v + 1 < vol->n_variants ? "," : "");
+    }
+    text_add(&t, "  }\n}\n");
+    if (t.failed) {
+        free(t.buf);
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory writing scan.json");
+    }
+    vol->scan_json = t.buf;
+    vol->scan_json_len = t.len;
+    return 0;
+}
+
+static int digits_of(int n)
+{
+    int d = 1;
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+static void add_variant(tomo_volume *vol, const char *name, const tomo_recon_params *params)
+{
+    tomo_volume_variant *var = &vol->variants[vol->n_variants++];
+    snprintf(var->name, sizeof var->name, "%s", name);
+    var->params = *params;
+    tomo_recon_params_text(params, var->params_text, sizeof var->params_text);
+    uint64_t h = tomo_hash_u64(TOMO_HASH_INIT, vol->scan->fingerprint);
+    h = tomo_hash_bytes(h, name, strlen(name));
+    var->key = tomo_hash_bytes(h, var->params_text, strlen(var->params_text));
+    var->size = tomo_recon_slice_size(vol->scan, params);
+    var->file_size = tomo_tiff_file_size(var->size, var->size);
+}
+
+int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tomo_volume **out,
+                     tomo_error *err)
+{
+    *out = NULL;
+    tomo_volume *vol = calloc(1, sizeof *vol);
+    if (!vol)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    vol->opts = *opts;
+    int rc = tomo_scan_open(scan_path, opts->format[0] ? opts->format : NULL, &vol->scan, err);
+    if (rc < 0)
+        goto fail;
+    tomo_recon_params params = opts->params;
+    vol->center_automatic = isnan(params.center);
+    rc = tomo_recon_resolve(vol->scan, &params, err);
+    if (rc < 0)
+        goto fail;
+    add_variant(vol, "slices", &params);
+    vol->name_digits = digits_of(vol->scan->rows - 1) > 5 ? digits_of(vol->scan->rows - 1) : 5;
+    rc = build_scan_json(vol, err);
+    if (rc < 0)
+        goto fail;
+    *out = vol;
+    return 0;
+fail:
+    tomo_volume_close(vol);
+    return rc;
+}
+
+static void sink_store(void *ctx, tomo_slice *slice)
+{
+    tomo_volume *vol = ctx;
+    tomo_ram_cache_put(vol->ram, slice);
+}
+
+static tomo_slice *sink_lookup(void *ctx, int variant, int z)
+{
+    tomo_volume *vol = ctx;
+    return tomo_ram_cache_get(vol->ram, variant, z);
+}
+
+int tomo_volume_start(tomo_volume *vol, tomo_error *err)
+{
+    vol->ram = tomo_ram_cache_create(vol->opts.ram_cache_bytes);
+    if (!vol->ram)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    tomo_recon_params variants[TOMO_VOLUME_MAX_VARIANTS];
+    for (int v = 0; v < vol->n_variants; v++)
+        variants[v] = vol->variants[v].params;
+    tomo_engine_config config;
+    tomo_engine_config_default(&config);
+    config.threads = vol->opts.threads;
+    if (vol->opts.max_chunk > 0)
+        config.max_chunk = vol->opts.max_chunk;
+    tomo_engine_sink sink = {vol, sink_store, sink_lookup};
+    return tomo_engine_create(vol->scan, variants, vol->n_variants, &config, &sink, &vol->engine,
+                              err);
+}
+
+int tomo_volume_find_variant(const tomo_volume *vol, const char *name)
+{
+    for (int v = 0; v < vol->n_variants; v++)
+        if (strcmp(vol->variants[v].name, name) == 0)
+            return v;
+    return -1;
+}
+
+void tomo_volume_slice_name(const tomo_volume *vol, int z, char *buf, size_t size)
+{
+    snprintf(buf, size, "slice_%0*d.tif", vol->name_digits, z);
+}
+
+int tomo_volume_parse_slice_name(const tomo_volume *vol, const char *name)
+{
+    if (strncmp(name, "slice_", 6) != 0)
+        return -1;
+    const char *digits = name + 6;
+    int z = 0, n = 0;
+    while (digits[n] >= '0' && digits[n] <= '9') {
+        if (z > 100000000)
+            return -1;
+        z = z * 10 + (digits[n] - '0');
+        n++;
+    }
+    if (n != vol->name_digits || strcmp(digits + n, ".tif") != 0)
+        return -1;
+    return z < vol->scan->rows ? z : -1;
+}
+
+int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
+                             unsigned char header[TOMO_TIFF_DATA_OFFSET], tomo_error *err)
+{
+    const tomo_volume_variant *var = &vol->variants[variant];
+    char description[1024];
+    double pixel_um = var->params.pixel_um * var->params.bin;
+    snprintf(description, sizeof description,
+             "tomofs %s\nvariant=%s\nslice=%0*d\nunits=cm^-1\npixel_um=%.6f\ncenter=%.6f\n"
+             "scan=%016llx\nkey=%016llx\n%s\n",
+             TOMOFS_VERSION, var->name, vol->name_digits, z, pixel_um, var->params.center,
+             (unsigned long long)vol->scan->fingerprint, (unsigned long long)var->key,
+             var->params_text);
+    return tomo_tiff_header(header, var->size, var->size, pixel_um, description, err);
+}
+
+void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg)
+{
+    tomo_slice *slice = tomo_ram_cache_get(vol->ram, variant, z);
+    if (slice) {
+        done(arg, slice, NULL);
+        tomo_slice_unref(slice);
+        return;
+    }
+    tomo_engine_request(vol->engine, variant, z, done, arg);
+}
+
+size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigned char *header,
+                              const tomo_slice *slice, uint64_t offset, size_t length,
+                              unsigned char *dst)
+{
+    uint64_t size = vol->variants[variant].file_size;
+    if (offset >= size)
+        return 0;
+    if (length > size - offset)
+        length = (size_t)(size - offset);
+    size_t done = 0;
+    if (offset < TOMO_TIFF_DATA_OFFSET) {
+        size_t n = TOMO_TIFF_DATA_OFFSET - (size_t)offset;
+        if (n > length)
+            n = length;
+        memcpy(dst, header + offset, n);
+        done = n;
+    }
+    if (done < length) {
+        uint64_t pixel_offset = offset + done - TOMO_TIFF_DATA_OFFSET;
+        memcpy(dst + done, (const unsigned char *)slice->pixels + pixel_offset, length - done);
+        done = length;
+    }
+    return done;
+}
+
+void tomo_volume_close(tomo_volume *vol)
+{
+    if (!vol)
+        return;
+    tomo_engine_destroy(vol->engine);
+    tomo_ram_cache_destroy(vol->ram);
+    tomo_scan_close(vol->scan);
+    free(vol->scan_json);
+    free(vol);
+}

@@ -1,0 +1,95 @@
+/*
+ * fs/volume.h - a scan as the filesystem presents it: folders of slice files, their names,
+ * sizes and bytes, and scan.json.
+ *
+ * A volume is opened in two steps because a daemon must not fork with threads running:
+ * tomo_volume_open() validates the scan and resolves every parameter (centre, padding) on the
+ * calling thread, so errors reach the terminal before anything is mounted;
+ * tomo_volume_start() then starts the engine and the cache, after daemonizing.
+ * The export command uses the same functions, so exported files equal served files byte for
+ * byte.
+ */
+#ifndef TOMO_VOLUME_H
+#define TOMO_VOLUME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../cache/ram_cache.h"
+#include "../recon/engine.h"
+#include "tiff.h"
+
+/* What a user can set with -o. */
+typedef struct tomo_volume_options {
+    char format[32];          /* scan format name; empty = detect */
+    tomo_recon_params params; /* filter, centre (NaN = auto), pixel size, pad, bin, prep */
+    uint64_t ram_cache_bytes; /* RAM tier budget */
+    int threads;              /* CPU threads, 0 = all */
+    int max_chunk;            /* slices per chunk at most */
+} tomo_volume_options;
+
+void tomo_volume_options_default(tomo_volume_options *opts);
+
+#define TOMO_VOLUME_MAX_VARIANTS 4
+
+/* One folder of slices. */
+typedef struct tomo_volume_variant {
+    char name[32];            /* folder name, e.g. "slices" */
+    tomo_recon_params params; /* resolved */
+    char params_text[512];    /* tomo_recon_params_text() */
+    uint64_t key;             /* hash of the scan fingerprint and params_text */
+    int size;                 /* slice side, pixels */
+    uint64_t file_size;       /* bytes of each slice file */
+} tomo_volume_variant;
+
+typedef struct tomo_volume {
+    tomo_scan *scan;
+    tomo_volume_options opts;
+    int center_automatic; /* the centre was found, not given */
+    int n_variants;
+    tomo_volume_variant variants[TOMO_VOLUME_MAX_VARIANTS];
+    int name_digits; /* digits in slice file names */
+    char *scan_json;
+    size_t scan_json_len;
+    tomo_ram_cache *ram;
+    tomo_engine *engine;
+} tomo_volume;
+
+/* Opens and validates the scan and resolves the parameters. Starts no thread. */
+int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tomo_volume **out,
+                     tomo_error *err);
+
+/* Starts the cache and the engine threads. */
+int tomo_volume_start(tomo_volume *vol, tomo_error *err);
+
+/* Index of the variant folder called `name`, or -1. */
+int tomo_volume_find_variant(const tomo_volume *vol, const char *name);
+
+/* "slice_00042.tif" for z = 42 (zero-padded to name_digits). */
+void tomo_volume_slice_name(const tomo_volume *vol, int z, char *buf, size_t size);
+
+/* The slice index named by `name`, or -1 if it names no slice of this volume. */
+int tomo_volume_parse_slice_name(const tomo_volume *vol, const char *name);
+
+/* The TOMO_TIFF_DATA_OFFSET header bytes of slice z of a variant. */
+int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
+                             unsigned char header[TOMO_TIFF_DATA_OFFSET], tomo_error *err);
+
+/*
+ * Gets the pixels of slice z of a variant: from the RAM tier at once, else from the engine.
+ * `done` is called exactly once (see tomo_engine_done_fn). Requires tomo_volume_start().
+ */
+void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg);
+
+/*
+ * Copies bytes [offset, offset + length) of the slice file into dst, from its header and
+ * pixels. Returns the number of bytes copied (less than length only at the end of the file).
+ */
+size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigned char *header,
+                              const tomo_slice *slice, uint64_t offset, size_t length,
+                              unsigned char *dst);
+
+/* Stops the engine and frees everything. NULL allowed. */
+void tomo_volume_close(tomo_volume *vol);
+
+#endif
