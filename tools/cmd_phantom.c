@@ -187,7 +187,8 @@ static int parse_options(int argc, char **argv, phantom_opts *o)
                 bad = -1;
             }
         } else if (strcmp(name, "--photons") == 0) {
-            bad = parse_double(name, value, 1, 1e9, &o->photons);
+            /* the flats must stay below the 16-bit ceiling, noise included */
+            bad = parse_double(name, value, 1, 60000, &o->photons);
         } else if (strcmp(name, "--seed") == 0) {
             char *end;
             errno = 0;

@@ -1,0 +1,221 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "options.h"
+#include "progress.h"
+
+static const char export_usage[] =
+    "usage: tomofs export SCAN OUTDIR [--variant NAME] [--range A:B] [-o OPTIONS]\n"
+    "\n"
+    "Reconstructs slices of SCAN and writes them to OUTDIR as slice_NNNNN.tif, byte for byte\n"
+    "the files a mount of SCAN with the same options serves, plus scan.json.\n"
+    "\n"
+    "  --variant NAME   folder to export (default slices)\n"
+    "  --range A:B      slices A to B-1 (default all; A: and :B allowed)\n"
+    "  --chunk N        slices reconstructed together (default: as memory allows, up to 32)\n"
+    "\n";
+
+static int write_all(int fd, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Writes `len` bytes to dir/name through a temporary name, so a partial file is never left. */
+static int write_file(const char *dir, const char *name, const void *a, size_t alen, const void *b,
+                      size_t blen)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.partial", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "\ntomofs: %s: %s\n", tmp, strerror(errno));
+        return -1;
+    }
+    if (write_all(fd, a, alen) < 0 || (b && write_all(fd, b, blen) < 0)) {
+        fprintf(stderr, "\ntomofs: %s: %s\n", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    if (close(fd) < 0 || rename(tmp, path) < 0) {
+        fprintf(stderr, "\ntomofs: %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_range(const char *text, int rows, int *a, int *b)
+{
+    const char *colon = strchr(text, ':');
+    if (!colon)
+        return -1;
+    char *end;
+    *a = 0;
+    *b = rows;
+    if (colon != text) {
+        long v = strtol(text, &end, 10);
+        if (end != colon || v < 0)
+            return -1;
+        *a = (int)v;
+    }
+    if (colon[1]) {
+        long v = strtol(colon + 1, &end, 10);
+        if (*end || v < 0)
+            return -1;
+        *b = (int)v;
+    }
+    if (*b > rows)
+        *b = rows;
+    return *a < *b ? 0 : -1;
+}
+
+int tomo_cmd_export(int argc, char **argv)
+{
+    tomo_volume_options opts;
+    tomo_volume_options_default(&opts);
+    const char *variant_name = "slices", *range = NULL;
+    int chunk = 0;
+    static const struct option long_opts[] = {{"help", no_argument, NULL, 'h'},
+                                              {"variant", required_argument, NULL, 'v'},
+                                              {"range", required_argument, NULL, 'r'},
+                                              {"chunk", required_argument, NULL, 'c'},
+                                              {NULL, 0, NULL, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            printf("%s%s", export_usage, tomo_options_help);
+            return 0;
+        case 'o':
+            if (tomo_options_parse(optarg, &opts, NULL, 0) < 0)
+                return 2;
+            break;
+        case 'v':
+            variant_name = optarg;
+            break;
+        case 'r':
+            range = optarg;
+            break;
+        case 'c':
+            chunk = atoi(optarg);
+            if (chunk < 1) {
+                fprintf(stderr, "tomofs: --chunk %s: expected a positive integer\n", optarg);
+                return 2;
+            }
+            break;
+        default:
+            fprintf(stderr, "%s", export_usage);
+            return 2;
+        }
+    }
+    if (optind + 2 != argc) {
+        fprintf(stderr, "%s", export_usage);
+        return 2;
+    }
+    char scan_path[PATH_MAX];
+    if (!realpath(argv[optind], scan_path)) {
+        fprintf(stderr, "tomofs: %s: no such file or directory\n", argv[optind]);
+        return 1;
+    }
+    const char *outdir = argv[optind + 1];
+    if (mkdir(outdir, 0755) < 0 && errno != EEXIST) {
+        fprintf(stderr, "tomofs: %s: %s\n", outdir, strerror(errno));
+        return 1;
+    }
+
+    tomo_volume *vol;
+    tomo_error err;
+    tomo_error_clear(&err);
+    if (tomo_volume_open(scan_path, &opts, &vol, &err) < 0) {
+        fprintf(stderr, "tomofs: %s\n", err.message);
+        return 1;
+    }
+    int status = 1;
+    int v = tomo_volume_find_variant(vol, variant_name);
+    int z0 = 0, z1 = vol->scan->rows;
+    if (v < 0) {
+        fprintf(stderr, "tomofs: no variant '%s' (this version has: slices)\n", variant_name);
+        status = 2;
+        goto out;
+    }
+    if (range && parse_range(range, vol->scan->rows, &z0, &z1) < 0) {
+        fprintf(stderr, "tomofs: --range %s: expected A:B with 0 <= A < B <= %d\n", range,
+                vol->scan->rows);
+        status = 2;
+        goto out;
+    }
+    if (tomo_volume_start(vol, &err) < 0) {
+        fprintf(stderr, "tomofs: %s\n", err.message);
+        goto out;
+    }
+    if (write_file(outdir, "scan.json", vol->scan_json, vol->scan_json_len, NULL, 0) < 0)
+        goto out;
+    if (chunk <= 0) {
+        uint64_t per_row = (uint64_t)vol->scan->n_proj * (uint64_t)vol->scan->width * 4u;
+        uint64_t fit = ((uint64_t)2 << 30) / (per_row ? per_row : 1);
+        chunk = fit < 1 ? 1 : fit > 32 ? 32 : (int)fit;
+    }
+    tomo_slice **slices = calloc((size_t)chunk, sizeof *slices);
+    if (!slices) {
+        fprintf(stderr, "tomofs: out of memory\n");
+        goto out;
+    }
+    tomo_progress progress;
+    tomo_progress_start(&progress, "export", z1 - z0);
+    unsigned char header[TOMO_TIFF_DATA_OFFSET];
+    int failed = 0;
+    for (int z = z0; z < z1 && !failed; z += chunk) {
+        int nz = z1 - z < chunk ? z1 - z : chunk;
+        if (tomo_engine_compute(vol->engine, v, z, nz, slices, &err) < 0) {
+            fprintf(stderr, "\ntomofs: slices %d-%d: %s\n", z, z + nz - 1, err.message);
+            failed = 1;
+            break;
+        }
+        for (int i = 0; i < nz; i++) {
+            char name[64];
+            tomo_volume_slice_name(vol, z + i, name, sizeof name);
+            if (!failed && (tomo_volume_slice_header(vol, v, z + i, header, &err) < 0 ||
+                            write_file(outdir, name, header, sizeof header, slices[i]->pixels,
+                                       tomo_slice_bytes(slices[i])) < 0)) {
+                if (err.code)
+                    fprintf(stderr, "\ntomofs: %s: %s\n", name, err.message);
+                failed = 1;
+            }
+            tomo_slice_unref(slices[i]);
+            slices[i] = NULL;
+        }
+        tomo_progress_update(&progress, z + nz - z0, NULL);
+    }
+    free(slices);
+    if (!failed) {
+        tomo_progress_finish(&progress, z1 - z0);
+        fprintf(stderr, "tomofs: wrote %d slices to %s in %.1f s\n", z1 - z0, outdir,
+                tomo_now() - progress.start);
+        status = 0;
+    }
+out:
+    tomo_volume_close(vol);
+    return status;
+}

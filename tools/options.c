@@ -1,0 +1,218 @@
+#include "options.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char tomo_options_help[] =
+    "Reconstruction options (-o name=value,...):\n"
+    "  filter=chesler|shepp-logan|ram-lak  FBP filter (default chesler, a Hann-windowed ramp)\n"
+    "  center=X               rotation axis in detector columns, 0-based (default: found from\n"
+    "                         the views 180 degrees apart)\n"
+    "  pixel_um=P             detector pixel size in micrometres; sets the cm^-1 scale (default "
+    "1)\n"
+    "  pad=auto|edge|zero     padding of rows before filtering; auto tests for truncation once\n"
+    "  bin=B                  output binning, B divides the detector width (default 1)\n"
+    "  floor=F                low-transmission floor in counts above dark (default 2)\n"
+    "  black_fraction=R       share of clipped pixels that marks a line black (default 0.5)\n"
+    "  format=NAME            scan format (default: detected; spring8)\n"
+    "  ram_cache=SIZE         memory for finished slices, e.g. 512M, 4G (default 1G)\n"
+    "  threads=N              CPU threads (default: all)\n"
+    "  max_chunk=N            most slices reconstructed together (default 32)\n";
+
+int64_t tomo_parse_size(const char *text)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || !(v >= 0))
+        return -1;
+    double mult = 1;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        mult = 1024.0;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mult = 1024.0 * 1024;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mult = 1024.0 * 1024 * 1024;
+        end++;
+        break;
+    case 't':
+    case 'T':
+        mult = 1024.0 * 1024 * 1024 * 1024;
+        end++;
+        break;
+    }
+    if (*end == 'i' || *end == 'B')
+        end++;
+    if (*end == 'B')
+        end++;
+    if (*end)
+        return -1;
+    return (int64_t)(v * mult);
+}
+
+static int parse_double(const char *key, const char *value, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (errno || end == value || *end || !isfinite(v)) {
+        fprintf(stderr, "tomofs: option %s=%s: not a number\n", key, value);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_int(const char *key, const char *value, int lo, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end || v < lo || v > 1 << 30) {
+        fprintf(stderr, "tomofs: option %s=%s: expected an integer >= %d\n", key, value, lo);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int apply(const char *key, const char *value, tomo_volume_options *opts)
+{
+    tomo_recon_params *p = &opts->params;
+    if (!value) {
+        fprintf(stderr, "tomofs: option %s needs a value (%s=...)\n", key, key);
+        return -1;
+    }
+    if (strcmp(key, "filter") == 0) {
+        int f = tomo_filter_parse(value);
+        if (f < 0) {
+            fprintf(stderr, "tomofs: option filter=%s: expected chesler, shepp-logan or ram-lak\n",
+                    value);
+            return -1;
+        }
+        p->filter = (tomo_filter_kind)f;
+        return 0;
+    }
+    if (strcmp(key, "center") == 0 || strcmp(key, "centre") == 0) {
+        if (strcmp(value, "auto") == 0) {
+            p->center = NAN;
+            return 0;
+        }
+        return parse_double(key, value, &p->center);
+    }
+    if (strcmp(key, "pixel_um") == 0) {
+        if (parse_double(key, value, &p->pixel_um) < 0)
+            return -1;
+        if (!(p->pixel_um > 0)) {
+            fprintf(stderr, "tomofs: option pixel_um=%s: must be positive\n", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "pad") == 0) {
+        if (strcmp(value, "auto") == 0)
+            p->pad = TOMO_PAD_AUTO;
+        else if (strcmp(value, "edge") == 0)
+            p->pad = TOMO_PAD_EDGE;
+        else if (strcmp(value, "zero") == 0)
+            p->pad = TOMO_PAD_ZERO;
+        else {
+            fprintf(stderr, "tomofs: option pad=%s: expected auto, edge or zero\n", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "bin") == 0)
+        return parse_int(key, value, 1, &p->bin);
+    if (strcmp(key, "floor") == 0) {
+        if (parse_double(key, value, &p->prep.floor_counts) < 0)
+            return -1;
+        if (!(p->prep.floor_counts > 0)) {
+            fprintf(stderr, "tomofs: option floor=%s: must be positive\n", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "black_fraction") == 0) {
+        if (parse_double(key, value, &p->prep.black_fraction) < 0)
+            return -1;
+        if (!(p->prep.black_fraction > 0 && p->prep.black_fraction <= 1)) {
+            fprintf(stderr, "tomofs: option black_fraction=%s: must be in (0, 1]\n", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "format") == 0) {
+        snprintf(opts->format, sizeof opts->format, "%s", value);
+        return 0;
+    }
+    if (strcmp(key, "ram_cache") == 0) {
+        int64_t bytes = tomo_parse_size(value);
+        if (bytes < 0) {
+            fprintf(stderr, "tomofs: option ram_cache=%s: expected a size such as 512M or 4G\n",
+                    value);
+            return -1;
+        }
+        opts->ram_cache_bytes = (uint64_t)bytes;
+        return 0;
+    }
+    if (strcmp(key, "threads") == 0)
+        return parse_int(key, value, 0, &opts->threads);
+    if (strcmp(key, "max_chunk") == 0)
+        return parse_int(key, value, 1, &opts->max_chunk);
+    return 1; /* not ours */
+}
+
+int tomo_options_parse(const char *list, tomo_volume_options *opts, char *unknown,
+                       size_t unknown_size)
+{
+    char *copy = strdup(list);
+    if (!copy) {
+        fprintf(stderr, "tomofs: out of memory\n");
+        return -1;
+    }
+    int rc = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        char *value = NULL;
+        if (eq) {
+            *eq = '\0';
+            value = eq + 1;
+        }
+        int r = apply(item, value, opts);
+        if (r < 0) {
+            rc = -1;
+            break;
+        }
+        if (r > 0) {
+            if (eq)
+                *eq = '=';
+            if (!unknown) {
+                fprintf(stderr, "tomofs: unknown option '%s'\n", item);
+                rc = -1;
+                break;
+            }
+            size_t len = strlen(unknown);
+            int n = snprintf(unknown + len, unknown_size - len, "%s%s", len ? "," : "", item);
+            if (n < 0 || (size_t)n >= unknown_size - len) {
+                fprintf(stderr, "tomofs: too many options\n");
+                rc = -1;
+                break;
+            }
+        }
+    }
+    free(copy);
+    return rc;
+}

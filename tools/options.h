@@ -1,0 +1,38 @@
+/*
+ * tools/options.h - the -o options shared by mount, export, info and bench.
+ *
+ *   filter=chesler|shepp-logan|ram-lak   FBP filter (default chesler)
+ *   center=X                             rotation axis in detector columns (default: found)
+ *   pixel_um=P                           detector pixel size in micrometres (default 1)
+ *   pad=auto|edge|zero                   row padding before filtering (default auto)
+ *   bin=B                                output binning (default 1)
+ *   floor=F                              low-transmission floor in counts (default 2)
+ *   black_fraction=R                     clipped share that marks a line black (default 0.5)
+ *   format=NAME                          scan format (default: detected)
+ *   ram_cache=SIZE                       RAM tier budget, e.g. 512M, 4G (default 1G)
+ *   threads=N                            CPU threads (default: all)
+ *   max_chunk=N                          slices per chunk at most (default 32)
+ */
+#ifndef TOMO_OPTIONS_H
+#define TOMO_OPTIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../fs/volume.h"
+
+/*
+ * Applies a comma-separated option list to *opts. Options this module does not know are
+ * appended to `unknown` (comma-separated, may be NULL: then they are errors). Returns 0, or -1
+ * after printing one message naming the option.
+ */
+int tomo_options_parse(const char *list, tomo_volume_options *opts, char *unknown,
+                       size_t unknown_size);
+
+/* Parses "512M", "4G", "1048576" into bytes; -1 on error. */
+int64_t tomo_parse_size(const char *text);
+
+/* The option summary above, for --help texts. */
+extern const char tomo_options_help[];
+
+#endif
