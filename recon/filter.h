@@ -3,9 +3,9 @@
  *
  * Kernels are given in the spatial domain at unit sample spacing (ct-rec's definitions):
  *   Ram-Lak      h(0) = 1/4, h(odd i) = -1/(pi^2 i^2), h(even i != 0) = 0;   H(f) = |f|
- *   Shepp-Logan  h(i) = 2 / (pi^2 (1 - 4 i^2));                              H(f) = |sin(pi f)| /
- * pi Chesler      Ram-Lak convolved with [1/4, 1/2, 1/4];                     H(f) = |f| cos^2(pi
- * f) with f in cycles per sample, |f| <= 1/2. Chesler (a Hann-windowed ramp) is the default.
+ *   Shepp-Logan  h(i) = 2 / (pi^2 (1 - 4 i^2));                              H(f) = |sin(pi f)|/pi
+ *   Chesler      Ram-Lak convolved with [1/4, 1/2, 1/4];                     H(f) = |f| cos^2(pi f)
+ * with f in cycles per sample, |f| <= 1/2. Chesler (a Hann-windowed ramp) is the default.
  *
  * Rows are filtered by FFT convolution over a padded length L: the smallest 7-smooth number
  * >= 2N, or >= 2(N + N/2) with the edge pad, so that the result is the linear convolution of

@@ -343,8 +343,7 @@ static void test_split_invariance(void)
     static const int cuts[] = {0, 13, 50, 51, 100, 170, 201, 256};
     for (int ci = 0; ci < 2; ci++) {
         tomo_bp_plan p;
-        CHECK_INT(tomo_bp_plan_init(&p, N, angle, NULL, M, ci ? 127.5 : 140.25, 1e-3, 1, NULL),
-                  0);
+        CHECK_INT(tomo_bp_plan_init(&p, N, angle, NULL, M, ci ? 127.5 : 140.25, 1e-3, 1, NULL), 0);
         memset(a, 0x55, sizeof(float) * N * N);
         memset(b, 0x77, sizeof(float) * N * N);
         tomo_bp_rows(&p, q, (long)N * M, 1, a, 0, N);

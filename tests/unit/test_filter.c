@@ -263,8 +263,8 @@ static void test_deterministic_and_thread_safe(void)
     for (int i = 0; i < N * rows; i++)
         orig[i] = (float)(rnd(&seed) * 3.0 - 0.5);
     for (int pm = 0; pm < 2; pm++) {
-        tomo_filter *f = tomo_filter_create(N, TOMO_FILTER_CHESLER,
-                                            pm ? TOMO_PAD_EDGE : TOMO_PAD_ZERO, NULL);
+        tomo_filter *f =
+            tomo_filter_create(N, TOMO_FILTER_CHESLER, pm ? TOMO_PAD_EDGE : TOMO_PAD_ZERO, NULL);
         CHECK(f != NULL);
         if (!f)
             break;
