@@ -30,6 +30,7 @@ void tomo_recon_params_default(tomo_recon_params *params)
     params->pixel_um = 1.0;
     params->bin = 1;
     tomo_prep_params_default(&params->prep);
+    tomo_rings_params_default(&params->rings);
 }
 
 /* Truncation test on a few rows and a subset of views: cheap, and done once per volume. */
@@ -88,6 +89,14 @@ int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_er
         if (rc < 0)
             return rc;
     }
+    int rc = tomo_rings_validate(&params->rings, err);
+    if (rc < 0)
+        return rc;
+    /* resolved here so that the parameter text, and so the cache key, names the real width */
+    if (params->rings.size == 0)
+        params->rings.size = tomo_rings_auto_size(scan->width);
+    if (params->rings.sm_size == 0)
+        params->rings.sm_size = tomo_rings_auto_size(scan->width);
     return 0;
 }
 
@@ -99,6 +108,11 @@ void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t s
              TOMO_RECON_FORMAT_VERSION, tomo_filter_name(params->filter),
              params->pad == TOMO_PAD_EDGE ? "edge" : "zero", params->center, params->pixel_um,
              params->bin, params->prep.floor_counts, params->prep.black_fraction);
+    size_t len = strlen(buf);
+    if (params->rings.method != TOMO_RINGS_NONE && len + 1 < size) {
+        buf[len] = ' ';
+        tomo_rings_params_text(&params->rings, 0, buf + len + 1, size - len - 1);
+    }
 }
 
 int tomo_recon_slice_size(const tomo_scan *scan, const tomo_recon_params *params)
@@ -169,7 +183,8 @@ struct tomo_engine {
     variant_state *variants;
     tomo_pool *pool;
     size_t filter_scratch;
-    void **scratch; /* per pool slot */
+    size_t rings_scratch;
+    void **scratch; /* per pool slot, for filtering or ring removal */
 
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -287,6 +302,56 @@ static void filter_rows_task(void *arg, int task, int slot)
         tomo_filter_row(t->filter, t->sino + r * t->width, t->engine->scratch[slot]);
 }
 
+struct rings_task {
+    tomo_engine *engine;
+    const tomo_rings_params *params;
+    float *sino;
+    int n_proj, width;
+    int *rc;
+    tomo_error *errs;
+};
+
+static void rings_task_run(void *arg, int task, int slot)
+{
+    struct rings_task *t = arg;
+    t->rc[task] = tomo_rings_remove(t->params, t->sino + (size_t)task * t->n_proj * t->width,
+                                    t->n_proj, t->width, t->engine->scratch[slot], &t->errs[task]);
+}
+
+/*
+ * Stripe removal on every sinogram of a chunk: one task per sinogram while there are enough
+ * of them to keep the threads busy, otherwise each sinogram spread over all threads (the
+ * first request of a mount has a chunk of two). Both give the same pixels.
+ */
+static int remove_rings(tomo_engine *engine, const tomo_rings_params *params, float *sino, int nz,
+                        int n_proj, int width, int z0, tomo_error *err)
+{
+    int rc = 0;
+    if (nz < tomo_pool_size(engine->pool)) {
+        for (int i = 0; i < nz && rc >= 0; i++)
+            rc = tomo_rings_remove_pool(params, sino + (size_t)i * n_proj * width, n_proj, width,
+                                        engine->pool, err);
+        return rc;
+    }
+    int *rcs = calloc((size_t)nz, sizeof *rcs);
+    tomo_error *errs = calloc((size_t)nz, sizeof *errs);
+    if (!rcs || !errs) {
+        free(rcs);
+        free(errs);
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory removing rings");
+    }
+    struct rings_task t = {engine, params, sino, n_proj, width, rcs, errs};
+    tomo_pool_run(engine->pool, nz, rings_task_run, &t);
+    for (int i = 0; i < nz; i++)
+        if (rcs[i] < 0) {
+            rc = tomo_error_set(err, errs[i].code, "slice %d: %s", z0 + i, errs[i].message);
+            break;
+        }
+    free(rcs);
+    free(errs);
+    return rc;
+}
+
 struct bp_task {
     const tomo_bp_plan *plan;
     const float *sino;
@@ -343,6 +408,11 @@ static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **
         tomo_log_warning("rows %d-%d: %ld projection lines without transmission replaced by "
                          "the mean line",
                          z0, z0 + nz - 1, stats.black_lines);
+    if (vs->params.rings.method != TOMO_RINGS_NONE) {
+        rc = remove_rings(engine, &vs->params.rings, sino, nz, (int)m, (int)width, z0, err);
+        if (rc < 0)
+            goto out;
+    }
 
     struct filter_task ft = {engine, vs->filter, sino, (int)width, (long)nz * m, 16};
     tomo_pool_run(engine->pool, (int)((ft.n_rows + ft.rows_per_task - 1) / ft.rows_per_task),
@@ -518,6 +588,9 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         size_t need = tomo_filter_scratch_size(vs->filter);
         if (need > engine->filter_scratch)
             engine->filter_scratch = need;
+        need = tomo_rings_scratch_size(&vs->params.rings, scan->n_proj, scan->width);
+        if (need > engine->rings_scratch)
+            engine->rings_scratch = need;
         rc = tomo_bp_plan_init(&vs->plan, scan->width, angles, NULL, scan->n_proj,
                                vs->params.center, vs->params.pixel_um * 1e-4, vs->params.bin, err);
         if (rc < 0)
@@ -535,7 +608,9 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
         goto fail;
     }
-    size_t scratch_bytes = (engine->filter_scratch + 63) & ~(size_t)63;
+    size_t scratch_bytes = engine->filter_scratch > engine->rings_scratch ? engine->filter_scratch
+                                                                          : engine->rings_scratch;
+    scratch_bytes = (scratch_bytes + 63) & ~(size_t)63;
     for (int i = 0; i < slots; i++) {
         engine->scratch[i] = aligned_alloc(64, scratch_bytes ? scratch_bytes : 64);
         if (!engine->scratch[i]) {

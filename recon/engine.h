@@ -20,6 +20,7 @@
 #include "../common/error.h"
 #include "filter.h"
 #include "prep.h"
+#include "rings.h"
 #include "scan.h"
 #include "slice.h"
 
@@ -31,20 +32,24 @@ typedef struct tomo_recon_params {
     double pixel_um;   /* detector pixel size; sets the cm^-1 scale */
     int bin;           /* output binning, 1 = full resolution */
     tomo_prep_params prep;
+    tomo_rings_params rings; /* stripe removal between preprocessing and filtering; NONE = off */
 } tomo_recon_params;
 
 void tomo_recon_params_default(tomo_recon_params *params);
 
 /*
- * Fills in what was left automatic: the centre (tomo_center_find) and the padding decision
- * (the truncation test on a few rows spread over the detector). Runs on the caller's
- * thread; reads a handful of detector rows.
+ * Fills in what was left automatic: the centre (tomo_center_find), the padding decision
+ * (the truncation test on a few rows spread over the detector) and automatic ring-removal
+ * median widths (tomo_rings_auto_size of the detector width); checks the ring parameters.
+ * Runs on the caller's thread; reads a handful of detector rows.
  */
 int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_error *err);
 
 /*
  * The canonical text of a parameter set: every field that changes pixels, printed with
- * fixed precision, prefixed by the format version. Equal texts mean equal pixels.
+ * fixed precision, prefixed by the format version. Equal texts mean equal pixels. Ring
+ * removal adds its keys (tomo_rings_params_text) only when it is on, so the text of a
+ * parameter set without it is what it always was.
  */
 void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t size);
 
