@@ -388,6 +388,29 @@ static void reply_static(fuse_req_t req, const char *data, size_t len, off_t off
     fuse_reply_buf(req, data + off, size);
 }
 
+/*
+ * The kernel completes a read inside the reply's writev, so the reader may close the status
+ * file, and RELEASE free its handle, before writev returns here; AddressSanitizer then checks
+ * the freed text. A copy owned by this request stays valid throughout.
+ */
+static void reply_status(fuse_req_t req, const status_handle *h, off_t off, size_t size)
+{
+    if ((size_t)off >= h->len) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    if (size > h->len - (size_t)off)
+        size = h->len - (size_t)off;
+    char *copy = malloc(size);
+    if (!copy) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    memcpy(copy, h->text + off, size);
+    fuse_reply_buf(req, copy, size);
+    free(copy);
+}
+
 /* A read waiting for its slice. */
 typedef struct read_request {
     fuse_req_t req;
@@ -454,8 +477,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         return;
     }
     if (ino == INO_STATUS) {
-        status_handle *h = (status_handle *)(uintptr_t)fi->fh;
-        reply_static(req, h->text, h->len, off, size);
+        reply_status(req, (const status_handle *)(uintptr_t)fi->fh, off, size);
         return;
     }
     if (!valid_slice_ino(st, ino)) {
