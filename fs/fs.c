@@ -293,6 +293,50 @@ static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 /* ---- files ---- */
 
+/* Appends the disk tier's lines of the status file to text; NULL (text freed) on failure. */
+static char *append_cache_status(const fs_state *st, char *text, size_t *len)
+{
+    tomo_store *store = st->vol->store;
+    char *lines = NULL;
+    int n;
+    if (!store) {
+        n = asprintf(&lines, "cache: off\n");
+    } else {
+        tomo_store_stats cs;
+        tomo_store_get_stats(store, &cs);
+        n = asprintf(
+            &lines,
+            "cache: %s\n"
+            "cache_hits: %llu\n"
+            "cache_misses: %llu\n"
+            "cache_damaged: %llu\n"
+            "cache_writes: %llu\n"
+            "cache_writes_queued: %llu\n"
+            "cache_dropped: %llu\n"
+            "cache_errors: %llu\n"
+            "cache_writable: %d\n"
+            "cache_entries: %llu\n"
+            "cache_bytes: %llu\n"
+            "cache_stored_bytes: %llu\n"
+            "cache_raw_bytes: %llu\n"
+            "cache_capacity: %llu\n",
+            tomo_store_dir(store), (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+            (unsigned long long)cs.damaged, (unsigned long long)cs.writes,
+            (unsigned long long)cs.queued, (unsigned long long)cs.dropped,
+            (unsigned long long)cs.errors, cs.writable, (unsigned long long)cs.totals.slices,
+            (unsigned long long)cs.totals.disk_bytes, (unsigned long long)cs.totals.stored_bytes,
+            (unsigned long long)cs.totals.raw_bytes, (unsigned long long)st->vol->opts.cache_bytes);
+    }
+    char *joined = NULL;
+    if (n < 0 || asprintf(&joined, "%s%s", text, lines) < 0)
+        joined = NULL;
+    free(text);
+    free(n < 0 ? NULL : lines);
+    if (joined)
+        *len = strlen(joined);
+    return joined;
+}
+
 static char *status_text(const fs_state *st, size_t *len)
 {
     tomo_engine_stats es = {0};
@@ -327,7 +371,7 @@ static char *status_text(const fs_state *st, size_t *len)
     if (n < 0)
         return NULL;
     *len = (size_t)n;
-    return text;
+    return append_cache_status(st, text, len);
 }
 
 typedef struct status_handle {

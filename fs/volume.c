@@ -1,18 +1,23 @@
 #include "volume.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/hash.h"
+#include "../common/log.h"
 
 void tomo_volume_options_default(tomo_volume_options *opts)
 {
     memset(opts, 0, sizeof *opts);
     tomo_recon_params_default(&opts->params);
     opts->ram_cache_bytes = (uint64_t)1 << 30;
+    opts->cache_bytes = TOMO_STORE_DEFAULT_CAPACITY;
+    opts->cache_level = 1;
     opts->threads = 0;
     opts->max_chunk = 32;
 }
@@ -155,6 +160,34 @@ static void add_variant(tomo_volume *vol, const char *name, const tomo_recon_par
     var->file_size = tomo_tiff_file_size(var->size, var->size);
 }
 
+/* Makes the cache folder absolute now: the daemon changes to / when it detaches. */
+static void resolve_cache_dir(tomo_volume_options *opts)
+{
+    if (opts->cache_off)
+        return;
+    tomo_error err;
+    tomo_error_clear(&err);
+    if (!opts->cache_dir[0]) {
+        if (tomo_store_default_dir(opts->cache_dir, sizeof opts->cache_dir, &err) < 0) {
+            tomo_log_warning("%s; slices are not cached on disk", err.message);
+            opts->cache_off = 1;
+        }
+        return;
+    }
+    if (opts->cache_dir[0] == '/')
+        return;
+    char cwd[2048], joined[sizeof opts->cache_dir];
+    if (!getcwd(cwd, sizeof cwd) ||
+        snprintf(joined, sizeof joined, "%s/%s", cwd, opts->cache_dir) >= (int)sizeof joined) {
+        tomo_log_warning("%s: cannot make the cache folder absolute; slices are not cached on "
+                         "disk",
+                         opts->cache_dir);
+        opts->cache_off = 1;
+        return;
+    }
+    memcpy(opts->cache_dir, joined, sizeof joined);
+}
+
 int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tomo_volume **out,
                      tomo_error *err)
 {
@@ -163,6 +196,7 @@ int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tom
     if (!vol)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
     vol->opts = *opts;
+    resolve_cache_dir(&vol->opts);
     int rc = tomo_scan_open(scan_path, opts->format[0] ? opts->format : NULL, &vol->scan, err);
     if (rc < 0)
         goto fail;
@@ -187,6 +221,8 @@ static void sink_store(void *ctx, tomo_slice *slice)
 {
     tomo_volume *vol = ctx;
     tomo_ram_cache_put(vol->ram, slice);
+    if (vol->store && vol->store_handle[slice->variant] >= 0)
+        tomo_store_put(vol->store, vol->store_handle[slice->variant], slice);
 }
 
 static tomo_slice *sink_lookup(void *ctx, int variant, int z)
@@ -195,11 +231,137 @@ static tomo_slice *sink_lookup(void *ctx, int variant, int z)
     return tomo_ram_cache_get(vol->ram, variant, z);
 }
 
+/* ---- the disk tier ---- */
+
+/* A decode from the store under way, and the requests waiting for it. */
+typedef struct load_waiter {
+    tomo_engine_done_fn done;
+    void *arg;
+    struct load_waiter *next;
+} load_waiter;
+
+typedef struct load {
+    int variant;
+    int z;
+    load_waiter *waiters;
+    struct load *next;
+} load;
+
+struct tomo_volume_loads {
+    pthread_mutex_t lock;
+    load *active;
+};
+
+/* Everything that determines the pixels of a variant: what its key is a hash of. */
+static void variant_identity(const tomo_volume *vol, int v, char *buf, size_t size)
+{
+    const tomo_volume_variant *var = &vol->variants[v];
+    snprintf(buf, size, "scan=%016llx variant=%s %s", (unsigned long long)vol->scan->fingerprint,
+             var->name, var->params_text);
+}
+
+/* Opens the store; a store that cannot be used is one warning, never a failed start. */
+static void start_store(tomo_volume *vol)
+{
+    for (int v = 0; v < TOMO_VOLUME_MAX_VARIANTS; v++)
+        vol->store_handle[v] = -1;
+    if (vol->opts.cache_off)
+        return;
+    tomo_store_config cfg;
+    tomo_store_config_default(&cfg);
+    cfg.dir = vol->opts.cache_dir;
+    cfg.capacity = vol->opts.cache_bytes;
+    cfg.level = vol->opts.cache_level;
+    tomo_error err;
+    tomo_error_clear(&err);
+    vol->loads = calloc(1, sizeof *vol->loads);
+    if (!vol->loads) {
+        tomo_log_warning("out of memory; slices are not cached on disk");
+        return;
+    }
+    pthread_mutex_init(&vol->loads->lock, NULL);
+    if (tomo_store_open(&cfg, &vol->store, &err) < 0) {
+        tomo_log_warning("%s; slices are not cached on disk", err.message);
+        return;
+    }
+    for (int v = 0; v < vol->n_variants; v++) {
+        char identity[1024], info[4200];
+        variant_identity(vol, v, identity, sizeof identity);
+        snprintf(info, sizeof info, "%s %s %dx%d", vol->scan->path, vol->variants[v].name,
+                 vol->variants[v].size, vol->variants[v].size);
+        vol->store_handle[v] =
+            tomo_store_add_variant(vol->store, vol->variants[v].key, identity, info, NULL);
+    }
+}
+
+/* Answers the requests that waited for a decode: with the slice, or by asking the engine. */
+static void answer_loaded(tomo_volume *vol, load_waiter *w, tomo_slice *slice, int variant, int z)
+{
+    while (w) {
+        load_waiter *next = w->next;
+        if (slice)
+            w->done(w->arg, slice, NULL);
+        else
+            tomo_engine_request(vol->engine, variant, z, w->done, w->arg);
+        free(w);
+        w = next;
+    }
+}
+
+/*
+ * The disk tier's part of tomo_volume_get. The kernel sends several reads of one file at once
+ * (readahead), and each would otherwise decode the whole slice: the first decodes, the others
+ * wait for it.
+ */
+static void load_from_store(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done,
+                            void *arg)
+{
+    struct tomo_volume_loads *l = vol->loads;
+    load_waiter *w = malloc(sizeof *w);
+    load *mine = malloc(sizeof *mine);
+    if (!w || !mine) {
+        free(w);
+        free(mine);
+        tomo_engine_request(vol->engine, variant, z, done, arg);
+        return;
+    }
+    *w = (load_waiter){done, arg, NULL};
+    pthread_mutex_lock(&l->lock);
+    for (load *a = l->active; a; a = a->next)
+        if (a->variant == variant && a->z == z) {
+            w->next = a->waiters;
+            a->waiters = w;
+            pthread_mutex_unlock(&l->lock);
+            free(mine);
+            return;
+        }
+    *mine = (load){variant, z, w, l->active};
+    l->active = mine;
+    pthread_mutex_unlock(&l->lock);
+
+    tomo_slice *slice = tomo_slice_new(variant, z, vol->variants[variant].size);
+    int hit = slice && tomo_store_get(vol->store, vol->store_handle[variant], z, slice) == 1;
+    /* in the RAM tier before the load ends, so no later request decodes it again */
+    if (hit)
+        tomo_ram_cache_put(vol->ram, slice);
+
+    pthread_mutex_lock(&l->lock);
+    load **pp = &l->active;
+    while (*pp != mine)
+        pp = &(*pp)->next;
+    *pp = mine->next;
+    pthread_mutex_unlock(&l->lock);
+    answer_loaded(vol, mine->waiters, hit ? slice : NULL, variant, z);
+    free(mine);
+    tomo_slice_unref(slice);
+}
+
 int tomo_volume_start(tomo_volume *vol, tomo_error *err)
 {
     vol->ram = tomo_ram_cache_create(vol->opts.ram_cache_bytes);
     if (!vol->ram)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    start_store(vol);
     tomo_recon_params variants[TOMO_VOLUME_MAX_VARIANTS];
     for (int v = 0; v < vol->n_variants; v++)
         variants[v] = vol->variants[v].params;
@@ -266,7 +428,10 @@ void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn d
         tomo_slice_unref(slice);
         return;
     }
-    tomo_engine_request(vol->engine, variant, z, done, arg);
+    if (vol->store && vol->store_handle[variant] >= 0)
+        load_from_store(vol, variant, z, done, arg);
+    else
+        tomo_engine_request(vol->engine, variant, z, done, arg);
 }
 
 size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigned char *header,
@@ -299,6 +464,12 @@ void tomo_volume_close(tomo_volume *vol)
     if (!vol)
         return;
     tomo_engine_destroy(vol->engine);
+    /* after the engine, whose last slices are queued to it; this commits them */
+    tomo_store_close(vol->store);
+    if (vol->loads) {
+        pthread_mutex_destroy(&vol->loads->lock);
+        free(vol->loads);
+    }
     tomo_ram_cache_destroy(vol->ram);
     tomo_scan_close(vol->scan);
     free(vol->scan_json);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "../cache/ram_cache.h"
+#include "../cache/store.h"
 #include "../recon/engine.h"
 #include "tiff.h"
 
@@ -24,6 +25,10 @@ typedef struct tomo_volume_options {
     char format[32];          /* scan format name; empty = detect */
     tomo_recon_params params; /* filter, centre (NaN = auto), pixel size, pad, bin, prep */
     uint64_t ram_cache_bytes; /* RAM tier budget */
+    char cache_dir[4096];     /* disk tier folder; empty = default (absolute once opened) */
+    int cache_off;            /* 1: no disk tier (-o cache=none) */
+    uint64_t cache_bytes;     /* disk tier capacity */
+    int cache_level;          /* zstd level of the disk tier */
     int threads;              /* CPU threads, 0 = all */
     int max_chunk;            /* slices per chunk at most */
 } tomo_volume_options;
@@ -53,13 +58,22 @@ typedef struct tomo_volume {
     size_t scan_json_len;
     tomo_ram_cache *ram;
     tomo_engine *engine;
+    tomo_store *store;                          /* disk tier; NULL when off or unusable */
+    int store_handle[TOMO_VOLUME_MAX_VARIANTS]; /* each variant's handle in the store */
+    struct tomo_volume_loads *loads;            /* slices being read from the store */
 } tomo_volume;
 
-/* Opens and validates the scan and resolves the parameters. Starts no thread. */
+/*
+ * Opens and validates the scan and resolves the parameters, including the absolute cache
+ * folder (the daemon changes to / when it detaches). Starts no thread.
+ */
 int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tomo_volume **out,
                      tomo_error *err);
 
-/* Starts the cache and the engine threads. */
+/*
+ * Starts the caches and the engine threads. A disk tier that cannot be opened logs one
+ * warning and is left out: the volume still serves, from the RAM tier and the engine.
+ */
 int tomo_volume_start(tomo_volume *vol, tomo_error *err);
 
 /* Index of the variant folder called `name`, or -1. */
@@ -76,8 +90,10 @@ int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
                              unsigned char header[TOMO_TIFF_DATA_OFFSET], tomo_error *err);
 
 /*
- * Gets the pixels of slice z of a variant: from the RAM tier at once, else from the engine.
- * `done` is called exactly once (see tomo_engine_done_fn). Requires tomo_volume_start().
+ * Gets the pixels of slice z of a variant: from the RAM tier at once; else from the disk
+ * tier, decoded on the calling thread (concurrent requests for a slice being decoded wait for
+ * that one decode) and kept in the RAM tier; else from the engine. `done` is called exactly
+ * once (see tomo_engine_done_fn). Requires tomo_volume_start().
  */
 void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg);
 

@@ -94,6 +94,8 @@ int tomo_cmd_export(int argc, char **argv)
 {
     tomo_volume_options opts;
     tomo_volume_options_default(&opts);
+    /* a whole-volume export would flush what users browse out of the cache; -o cache= opts in */
+    opts.cache_off = 1;
     const char *variant_name = "slices", *range = NULL;
     int chunk = 0;
     static const struct option long_opts[] = {{"help", no_argument, NULL, 'h'},

@@ -19,6 +19,11 @@ const char tomo_options_help[] =
     "  black_fraction=R       share of clipped pixels that marks a line black (default 0.5)\n"
     "  format=NAME            scan format (default: detected; spring8)\n"
     "  ram_cache=SIZE         memory for finished slices, e.g. 512M, 4G (default 1G)\n"
+    "  cache=DIR|none         disk cache of finished slices, shared by every mount (default\n"
+    "                         $XDG_CACHE_HOME/tomofs or ~/.cache/tomofs; export: none)\n"
+    "  cache_size=SIZE        disk space the cache may fill, e.g. 50G (default 16G)\n"
+    "  cache_level=L          zstd level of the disk cache, 1 to 3 (default 1)\n"
+    "  no_cache               the same as cache=none\n"
     "  threads=N              CPU threads (default: all)\n"
     "  max_chunk=N            most slices reconstructed together (default 32)\n";
 
@@ -87,9 +92,28 @@ static int parse_int(const char *key, const char *value, int lo, int *out)
     return 0;
 }
 
+static int apply_cache_dir(const char *value, tomo_volume_options *opts)
+{
+    if (strcmp(value, "none") == 0 || strcmp(value, "off") == 0) {
+        opts->cache_off = 1;
+        return 0;
+    }
+    if (!value[0] || strlen(value) >= sizeof opts->cache_dir) {
+        fprintf(stderr, "tomofs: option cache=%s: expected a folder or none\n", value);
+        return -1;
+    }
+    snprintf(opts->cache_dir, sizeof opts->cache_dir, "%s", value);
+    opts->cache_off = 0;
+    return 0;
+}
+
 static int apply(const char *key, const char *value, tomo_volume_options *opts)
 {
     tomo_recon_params *p = &opts->params;
+    if (strcmp(key, "no_cache") == 0 && !value) {
+        opts->cache_off = 1;
+        return 0;
+    }
     if (!value) {
         fprintf(stderr, "tomofs: option %s needs a value (%s=...)\n", key, key);
         return -1;
@@ -165,6 +189,29 @@ static int apply(const char *key, const char *value, tomo_volume_options *opts)
             return -1;
         }
         opts->ram_cache_bytes = (uint64_t)bytes;
+        return 0;
+    }
+    if (strcmp(key, "cache") == 0)
+        return apply_cache_dir(value, opts);
+    if (strcmp(key, "cache_size") == 0) {
+        int64_t bytes = tomo_parse_size(value);
+        if (bytes < 0) {
+            fprintf(stderr, "tomofs: option cache_size=%s: expected a size such as 50G\n", value);
+            return -1;
+        }
+        opts->cache_bytes = (uint64_t)bytes;
+        return 0;
+    }
+    if (strcmp(key, "cache_level") == 0) {
+        if (parse_int(key, value, 1, &opts->cache_level) < 0)
+            return -1;
+        if (opts->cache_level > 3) {
+            fprintf(stderr,
+                    "tomofs: option cache_level=%s: expected 1, 2 or 3 (higher levels "
+                    "gain about 2%% for many times the time)\n",
+                    value);
+            return -1;
+        }
         return 0;
     }
     if (strcmp(key, "threads") == 0)

@@ -10,6 +10,9 @@
  *   black_fraction=R                     clipped share that marks a line black (default 0.5)
  *   format=NAME                          scan format (default: detected)
  *   ram_cache=SIZE                       RAM tier budget, e.g. 512M, 4G (default 1G)
+ *   cache=DIR|none, no_cache             disk tier folder (default ~/.cache/tomofs), or none
+ *   cache_size=SIZE                      disk tier capacity (default 16G)
+ *   cache_level=L                        zstd level of the disk tier, 1-3 (default 1)
  *   threads=N                            CPU threads (default: all)
  *   max_chunk=N                          slices per chunk at most (default 32)
  */

@@ -15,6 +15,10 @@ SOURCE = os.environ.get("TOMOFS_SOURCE") or os.path.join(os.path.dirname(__file_
 SHARED_DATA = os.path.join(SOURCE, "..", "shared", "data")
 SKIP = 77
 
+# Mounts keep slices in a disk cache (by default ~/.cache/tomofs): tests get a fresh one, so
+# they neither touch the user's cache nor see slices from other runs.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tomofs-test-cache-")
+
 
 def run(*args, check=True, timeout=600, **kw):
     """Runs tomofs with args; returns the CompletedProcess (text mode)."""

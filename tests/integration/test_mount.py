@@ -154,7 +154,9 @@ def main():
     def broken_input_gives_eio_and_keeps_serving():
         broken = os.path.join(tmp, "late-broken")
         shutil.copytree(scan, broken, ignore=shutil.ignore_patterns("truth"))
-        with Mount(broken) as m:
+        # the copy has the scan's fingerprint: without cache=none its slices would come from
+        # the disk cache filled above, and the damage would never be read
+        with Mount(broken, "-o", "cache=none") as m:
             # damage one projection after the mount validated it: its second half is gone
             frame = sorted(f for f in os.listdir(broken) if f.startswith("q"))[20]
             path = os.path.join(broken, frame)
