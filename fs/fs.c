@@ -349,7 +349,7 @@ static char *status_text(const fs_state *st, size_t *len)
     int n = asprintf(&text,
                      "pid: %ld\n"
                      "scan: %s\n"
-                     "backend: cpu\n"
+                     "backend: %s\n"
                      "requests: %llu\n"
                      "queued: %llu\n"
                      "joined: %llu\n"
@@ -357,17 +357,20 @@ static char *status_text(const fs_state *st, size_t *len)
                      "slices_computed: %llu\n"
                      "errors: %llu\n"
                      "busy_seconds: %.3f\n"
+                     "read_seconds: %.3f\n"
                      "ram_entries: %llu\n"
                      "ram_bytes: %llu\n"
                      "ram_capacity: %llu\n"
                      "ram_hits: %llu\n"
                      "ram_misses: %llu\n",
-                     (long)getpid(), st->vol->scan->path, (unsigned long long)es.requests,
-                     (unsigned long long)es.queued, (unsigned long long)es.joined,
-                     (unsigned long long)es.chunks, (unsigned long long)es.slices,
-                     (unsigned long long)es.errors, es.busy_seconds, (unsigned long long)rs.entries,
-                     (unsigned long long)rs.bytes, (unsigned long long)rs.capacity,
-                     (unsigned long long)rs.hits, (unsigned long long)rs.misses);
+                     (long)getpid(), st->vol->scan->path,
+                     st->vol->engine ? tomo_engine_backend(st->vol->engine) : "starting",
+                     (unsigned long long)es.requests, (unsigned long long)es.queued,
+                     (unsigned long long)es.joined, (unsigned long long)es.chunks,
+                     (unsigned long long)es.slices, (unsigned long long)es.errors, es.busy_seconds,
+                     es.read_seconds, (unsigned long long)rs.entries, (unsigned long long)rs.bytes,
+                     (unsigned long long)rs.capacity, (unsigned long long)rs.hits,
+                     (unsigned long long)rs.misses);
     if (n < 0)
         return NULL;
     *len = (size_t)n;

@@ -20,6 +20,8 @@ void tomo_volume_options_default(tomo_volume_options *opts)
     opts->cache_level = 1;
     opts->threads = 0;
     opts->max_chunk = 32;
+    opts->device = TOMO_DEVICE_AUTO;
+    opts->precision = TOMO_PRECISION_FAST;
 }
 
 /* ---- a growing text buffer for scan.json ---- */
@@ -370,6 +372,8 @@ int tomo_volume_start(tomo_volume *vol, tomo_error *err)
     config.threads = vol->opts.threads;
     if (vol->opts.max_chunk > 0)
         config.max_chunk = vol->opts.max_chunk;
+    config.device = vol->opts.device;
+    config.precision = vol->opts.precision;
     tomo_engine_sink sink = {vol, sink_store, sink_lookup};
     return tomo_engine_create(vol->scan, variants, vol->n_variants, &config, &sink, &vol->engine,
                               err);

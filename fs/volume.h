@@ -31,6 +31,8 @@ typedef struct tomo_volume_options {
     int cache_level;          /* zstd level of the disk tier */
     int threads;              /* CPU threads, 0 = all */
     int max_chunk;            /* slices per chunk at most */
+    int device;               /* TOMO_DEVICE_AUTO, TOMO_DEVICE_CPU or a CUDA device index */
+    tomo_precision precision; /* GPU back-projection: fast (packed fp16) or exact (fp32) */
 } tomo_volume_options;
 
 void tomo_volume_options_default(tomo_volume_options *opts);

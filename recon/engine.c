@@ -127,6 +127,8 @@ void tomo_engine_config_default(tomo_engine_config *config)
     config->first_chunk = 2;
     config->max_chunk = 32;
     config->memory_limit = (uint64_t)2 << 30;
+    config->device = TOMO_DEVICE_AUTO;
+    config->precision = TOMO_PRECISION_FAST;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -169,6 +171,8 @@ typedef struct variant_state {
     tomo_filter *filter;
     tomo_bp_plan plan;
     int size;
+    tomo_cuda *cuda; /* created at the first chunk that runs on the GPU */
+    int gpu_failed;  /* the GPU could not take this variant: the CPU does it */
     /* sequential-read detection */
     int last_start;
     int last_end;
@@ -178,6 +182,8 @@ typedef struct variant_state {
 struct tomo_engine {
     const tomo_scan *scan;
     tomo_engine_config config;
+    int gpu;           /* CUDA device used, or -1 for the CPU */
+    char backend[160]; /* for status displays */
     tomo_engine_sink sink;
     int n_variants;
     variant_state *variants;
@@ -380,34 +386,115 @@ static double now_seconds(void)
 }
 
 /* Reconstructs slices [z0, z0 + nz) of variant v into out[0..nz). */
+/* Whether this chunk runs on the GPU: one is in use, and the variant needs nothing it lacks. */
+static int gpu_takes(const tomo_engine *engine, const variant_state *vs, int nz)
+{
+    return engine->gpu >= 0 && !vs->gpu_failed && vs->params.rings.method == TOMO_RINGS_NONE &&
+           nz <= engine->config.max_chunk;
+}
+
+/*
+ * Reads the raw rows into the GPU pipeline's pinned buffer and reconstructs them there. A
+ * pipeline that cannot be created (out of device memory, say) marks the variant for the CPU,
+ * with one warning, instead of failing reads.
+ */
+/* Creates the GPU pipeline of a variant; on failure the variant stays on the CPU. */
+static void start_gpu(tomo_engine *engine, variant_state *vs)
+{
+    tomo_cuda_config cc = {
+        .device = engine->gpu,
+        .width = engine->scan->width,
+        .n_proj = engine->scan->n_proj,
+        .n_flat_groups = engine->scan->n_flat_groups,
+        .max_rows = engine->config.max_chunk,
+        .precision = engine->config.precision,
+        .prep = vs->params.prep,
+        .filter = vs->filter,
+        .plan = &vs->plan,
+        .copy_pool = engine->pool,
+    };
+    tomo_error gerr;
+    tomo_error_clear(&gerr);
+    if (tomo_cuda_create(&cc, &vs->cuda, &gerr) < 0) {
+        tomo_log_warning("%s; reconstructing on the CPU instead", gerr.message);
+        vs->gpu_failed = 1;
+    }
+}
+
+static int reconstruct_gpu(tomo_engine *engine, variant_state *vs, int z0, int nz,
+                           float *const *images, tomo_prep_stats *stats, double *read_seconds,
+                           tomo_error *err)
+{
+    if (!vs->cuda)
+        start_gpu(engine, vs);
+    if (!vs->cuda)
+        return -TOMO_E_UNSUPPORTED;
+    double t0 = now_seconds();
+    tomo_prep_refs refs;
+    int rc = tomo_prep_raw_rows(engine->scan, engine->pool, z0, nz, tomo_cuda_raw_buffer(vs->cuda),
+                                &refs, err);
+    *read_seconds = now_seconds() - t0;
+    if (rc < 0)
+        return rc;
+    tomo_cuda_refs cr = {refs.dark, refs.group_mean, refs.flat_a, refs.flat_b, refs.flat_w};
+    rc = tomo_cuda_reconstruct(vs->cuda, nz, &cr, images, stats, err);
+    tomo_prep_refs_free(&refs);
+    if (rc == -TOMO_E_NOMEM) {
+        tomo_log_warning("%s; reconstructing on the CPU instead", err->message);
+        tomo_cuda_destroy(vs->cuda);
+        vs->cuda = NULL;
+        vs->gpu_failed = 1;
+    }
+    return rc;
+}
+
+/*
+ * Reconstructs slices [z0, z0 + nz) of variant v into out[0..nz). *read_seconds receives the
+ * time spent reading and normalising (on the GPU path: reading only).
+ */
 static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **out,
-                       tomo_error *err)
+                       double *read_seconds, tomo_error *err)
 {
     const tomo_scan *scan = engine->scan;
     variant_state *vs = &engine->variants[v];
     long width = scan->width, m = scan->n_proj;
     long slice_stride = m * width;
-    size_t sino_bytes = (size_t)nz * (size_t)slice_stride * sizeof(float);
     size_t image_px = (size_t)vs->size * (size_t)vs->size;
-    float *sino = aligned_alloc(64, (sino_bytes + 63) & ~(size_t)63);
-    float *images = malloc((size_t)nz * image_px * sizeof(float));
+    float *sino = NULL, *images = NULL;
+    float **pixels = calloc((size_t)nz, sizeof *pixels);
     int rc = 0;
+    *read_seconds = 0;
     for (int i = 0; i < nz; i++)
-        out[i] = NULL;
+        out[i] = tomo_slice_new(v, z0 + i, vs->size);
+    for (int i = 0; i < nz; i++)
+        if (!out[i] || !pixels) {
+            rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for %d slices", nz);
+            goto out;
+        } else {
+            pixels[i] = out[i]->pixels;
+        }
+    tomo_prep_stats stats = {0};
+    if (gpu_takes(engine, vs, nz)) {
+        rc = reconstruct_gpu(engine, vs, z0, nz, pixels, &stats, read_seconds, err);
+        if (rc >= 0 || !vs->gpu_failed)
+            goto out;
+        tomo_error_clear(err); /* the GPU gave up on this variant: the CPU takes over */
+    }
+
+    size_t sino_bytes = (size_t)nz * (size_t)slice_stride * sizeof(float);
+    sino = aligned_alloc(64, (sino_bytes + 63) & ~(size_t)63);
+    images = malloc((size_t)nz * image_px * sizeof(float));
     if (!sino || !images) {
         rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for a chunk of %d slices (%zu MB)",
                             nz, sino_bytes >> 20);
         goto out;
     }
-    tomo_prep_stats stats = {0};
+    double t0 = now_seconds();
     rc = tomo_prep_rows(scan, &vs->params.prep, engine->pool, NULL, (int)m, z0, nz, sino, &stats,
                         err);
+    *read_seconds = now_seconds() - t0;
     if (rc < 0)
         goto out;
-    if (stats.black_lines)
-        tomo_log_warning("rows %d-%d: %ld projection lines without transmission replaced by "
-                         "the mean line",
-                         z0, z0 + nz - 1, stats.black_lines);
     if (vs->params.rings.method != TOMO_RINGS_NONE) {
         rc = remove_rings(engine, &vs->params.rings, sino, nz, (int)m, (int)width, z0, err);
         if (rc < 0)
@@ -418,23 +505,21 @@ static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **
     tomo_pool_run(engine->pool, (int)((ft.n_rows + ft.rows_per_task - 1) / ft.rows_per_task),
                   filter_rows_task, &ft);
 
-    struct bp_task bt = {&vs->plan, sino, slice_stride, nz, images, 4};
+    struct bp_task bt = {&vs->plan, sino, slice_stride, nz, images, 16};
     tomo_pool_run(engine->pool, (vs->size + bt.band - 1) / bt.band, bp_task_run, &bt);
-
-    for (int i = 0; i < nz; i++) {
-        out[i] = tomo_slice_new(v, z0 + i, vs->size);
-        if (!out[i]) {
-            rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for slice %d", z0 + i);
-            goto out;
-        }
-        memcpy(out[i]->pixels, images + (size_t)i * image_px, image_px * sizeof(float));
-    }
+    for (int i = 0; i < nz; i++)
+        memcpy(pixels[i], images + (size_t)i * image_px, image_px * sizeof(float));
 out:
+    if (rc >= 0 && stats.black_lines)
+        tomo_log_warning("rows %d-%d: %ld projection lines without transmission replaced by "
+                         "the mean line",
+                         z0, z0 + nz - 1, stats.black_lines);
     if (rc < 0)
         for (int i = 0; i < nz; i++) {
             tomo_slice_unref(out[i]);
             out[i] = NULL;
         }
+    free(pixels);
     free(sino);
     free(images);
     return rc;
@@ -445,8 +530,8 @@ static void run_job(tomo_engine *engine, job *j)
     tomo_slice **slices = calloc((size_t)j->nz, sizeof *slices);
     tomo_error err;
     tomo_error_clear(&err);
-    double t0 = now_seconds();
-    int rc = slices ? reconstruct(engine, j->variant, j->z0, j->nz, slices, &err)
+    double t0 = now_seconds(), read_seconds = 0;
+    int rc = slices ? reconstruct(engine, j->variant, j->z0, j->nz, slices, &read_seconds, &err)
                     : tomo_error_set(&err, TOMO_E_NOMEM, "out of memory");
     double elapsed = now_seconds() - t0;
 
@@ -459,6 +544,7 @@ static void run_job(tomo_engine *engine, job *j)
 
     pthread_mutex_lock(&engine->lock);
     engine->stats.busy_seconds += elapsed;
+    engine->stats.read_seconds += read_seconds;
     if (rc < 0)
         engine->stats.errors++;
     else {
@@ -538,6 +624,35 @@ static void *engine_main(void *arg)
     return NULL;
 }
 
+/*
+ * The GPU when asked for or, with the automatic choice, when one is usable; the CPU otherwise.
+ * Only an explicitly requested device that does not exist is an error.
+ */
+static int choose_backend(tomo_engine *engine, int threads, tomo_error *err)
+{
+    engine->gpu = -1;
+    snprintf(engine->backend, sizeof engine->backend, "cpu (%d threads)", threads);
+    if (engine->config.device == TOMO_DEVICE_CPU)
+        return 0;
+    char name[96];
+    int count = tomo_cuda_device_count(name, sizeof name);
+    int want = engine->config.device == TOMO_DEVICE_AUTO ? 0 : engine->config.device;
+    if (want >= count) {
+        if (engine->config.device != TOMO_DEVICE_AUTO)
+            return tomo_error_set(err, TOMO_E_UNSUPPORTED, "device=cuda:%d: %s", want,
+                                  count ? "no such CUDA device" : name);
+        tomo_log_info("no usable GPU (%s): reconstructing on the CPU", name);
+        return 0;
+    }
+    engine->gpu = want;
+    /* the GPU packs slices by four: smaller chunks would leave lanes idle */
+    if (engine->config.first_chunk < 4)
+        engine->config.first_chunk = 4;
+    snprintf(engine->backend, sizeof engine->backend, "cuda:%d %s (%s)", want, name,
+             tomo_precision_name(engine->config.precision));
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Public functions                                                                            */
 
@@ -603,6 +718,13 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         goto fail;
     }
     int slots = tomo_pool_size(engine->pool);
+    rc = choose_backend(engine, slots, err);
+    if (rc < 0)
+        goto fail;
+    /* GPU memory is taken now, so the first read does not wait for it */
+    for (int v = 0; v < n_variants && engine->gpu >= 0; v++)
+        if (gpu_takes(engine, &engine->variants[v], 1))
+            start_gpu(engine, &engine->variants[v]);
     engine->scratch = calloc((size_t)slots, sizeof *engine->scratch);
     if (!engine->scratch) {
         rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
@@ -791,6 +913,7 @@ void tomo_engine_destroy(tomo_engine *engine)
     }
     tomo_pool_destroy(engine->pool);
     for (int v = 0; v < engine->n_variants; v++) {
+        tomo_cuda_destroy(engine->variants[v].cuda);
         tomo_filter_destroy(engine->variants[v].filter);
         tomo_bp_plan_free(&engine->variants[v].plan);
     }
@@ -798,4 +921,9 @@ void tomo_engine_destroy(tomo_engine *engine)
     pthread_mutex_destroy(&engine->lock);
     pthread_cond_destroy(&engine->wake);
     free(engine);
+}
+
+const char *tomo_engine_backend(const tomo_engine *engine)
+{
+    return engine->backend;
 }

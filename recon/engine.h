@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "../common/error.h"
+#include "cuda.h"
 #include "filter.h"
 #include "prep.h"
 #include "rings.h"
@@ -68,11 +69,16 @@ typedef struct tomo_engine_sink {
 } tomo_engine_sink;
 
 typedef struct tomo_engine_config {
-    int threads;           /* CPU threads for preprocessing and reconstruction; 0 = all */
-    int first_chunk;       /* slices in the chunk planned for an isolated request */
-    int max_chunk;         /* cap on slices per chunk */
-    uint64_t memory_limit; /* bytes of sinogram per chunk at most */
+    int threads;              /* CPU threads for preprocessing and reconstruction; 0 = all */
+    int first_chunk;          /* slices in the chunk planned for an isolated request */
+    int max_chunk;            /* cap on slices per chunk */
+    uint64_t memory_limit;    /* bytes of sinogram per chunk at most */
+    int device;               /* TOMO_DEVICE_AUTO, TOMO_DEVICE_CPU or a CUDA device index */
+    tomo_precision precision; /* GPU back-projection precision */
 } tomo_engine_config;
+
+#define TOMO_DEVICE_AUTO (-1) /* the first CUDA device if there is one, else the CPU */
+#define TOMO_DEVICE_CPU  (-2)
 
 void tomo_engine_config_default(tomo_engine_config *config);
 
@@ -113,9 +119,13 @@ typedef struct tomo_engine_stats {
     uint64_t errors;     /* chunks that failed */
     uint64_t queued;     /* requests waiting now */
     double busy_seconds; /* time spent reconstructing */
+    double read_seconds; /* of which reading (and, on the CPU, normalising) detector rows */
 } tomo_engine_stats;
 
 void tomo_engine_get_stats(tomo_engine *engine, tomo_engine_stats *stats);
+
+/* Where chunks are reconstructed, e.g. "cpu (16 threads)" or "cuda:0 NVIDIA H100 (fast)". */
+const char *tomo_engine_backend(const tomo_engine *engine);
 
 /*
  * Stops the threads. Requests still waiting are answered with TOMO_E_CANCELLED. NULL allowed.

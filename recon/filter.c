@@ -292,6 +292,26 @@ tomo_filter *tomo_filter_create(int width, tomo_filter_kind kind, tomo_pad_mode 
     return f;
 }
 
+int tomo_filter_length(const tomo_filter *f)
+{
+    return f->length;
+}
+
+int tomo_filter_pad_width(const tomo_filter *f)
+{
+    return f->pad_width;
+}
+
+const float *tomo_filter_spectrum(const tomo_filter *f)
+{
+    return f->spectrum;
+}
+
+const float *tomo_filter_window(const tomo_filter *f)
+{
+    return f->window;
+}
+
 size_t tomo_filter_scratch_size(const tomo_filter *f)
 {
     return f->scratch_size;

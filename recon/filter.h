@@ -68,6 +68,20 @@ void tomo_filter_row(const tomo_filter *f, float *row, void *scratch);
 
 void tomo_filter_destroy(tomo_filter *f);
 
+/* ---- what another backend needs to filter exactly like tomo_filter_row() ---- */
+
+/* The padded FFT length L. */
+int tomo_filter_length(const tomo_filter *f);
+
+/* Samples of edge padding on each side (0 with zero padding). */
+int tomo_filter_pad_width(const tomo_filter *f);
+
+/* The real filter spectrum, L/2 + 1 values, with the 1/L of the inverse FFT folded in. */
+const float *tomo_filter_spectrum(const tomo_filter *f);
+
+/* The edge pad's decay: the n-th pad sample (n = 1..W) is edge * window[n - 1]. */
+const float *tomo_filter_window(const tomo_filter *f);
+
 /*
  * The truncation test of ct-rec: the pad is needed when the mean absolute value of the edge
  * samples exceeds `threshold` (default 0.3) times the mean absolute value of all samples.

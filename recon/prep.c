@@ -85,6 +85,7 @@ typedef struct prep_job {
     int *line_clipped;    /* [nz * n_sel] clipped pixels per (row, projection) line */
     unsigned char *black; /* [nz * n_sel] */
     float *out;
+    float *raw_out; /* when set: raw rows [nz][n_sel][width] are copied here, not normalised */
 
     float *scratch; /* [n_slots][npx] raw frame rows */
 
@@ -178,6 +179,15 @@ static void projection_task(void *arg, int k, int slot)
         return;
     int m = job->proj ? job->proj[k] : k;
     float *raw = slot_scratch(job, slot);
+    int width = job->width;
+    if (job->raw_out) {
+        if (read_frame(job, TOMO_FRAME_PROJECTION, m, raw) < 0)
+            return;
+        for (int z = 0; z < job->nz; z++)
+            memcpy(job->raw_out + ((size_t)z * (size_t)job->n_sel + (size_t)k) * (size_t)width,
+                   raw + (size_t)z * (size_t)width, (size_t)width * sizeof *raw);
+        return;
+    }
     if (read_frame(job, TOMO_FRAME_PROJECTION, m, raw) < 0)
         return;
 
@@ -185,7 +195,6 @@ static void projection_task(void *arg, int k, int slot)
     const double *gb = job->group_mean + (size_t)job->slot_b[k] * job->npx;
     double w = job->weight[k], w1 = 1.0 - w;
     double fl = job->floor_counts;
-    int width = job->width;
     for (int z = 0; z < job->nz; z++) {
         size_t row = (size_t)z * (size_t)width;
         float *dst = job->out + ((size_t)z * (size_t)job->n_sel + (size_t)k) * (size_t)width;
@@ -306,16 +315,53 @@ static int check_args(const tomo_scan *scan, const tomo_prep_params *pp, const i
     return 0;
 }
 
-int tomo_prep_rows(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool *pool,
-                   const int *proj, int n_sel, int z0, int nz, float *out, tomo_prep_stats *stats,
-                   tomo_error *err)
+/* Copies the averaged references of a raw read into `refs`, indexed by scan flat group. */
+static int hand_over_refs(const prep_job *job, const int *group_a, const int *group_b, int ng,
+                          tomo_prep_refs *refs, tomo_error *err)
+{
+    size_t npx = job->npx;
+    refs->nz = job->nz;
+    refs->width = job->width;
+    refs->n_groups = ng;
+    refs->dark = malloc(npx * sizeof *refs->dark);
+    refs->group_mean = calloc((size_t)ng * npx, sizeof *refs->group_mean);
+    refs->flat_a = malloc((size_t)job->n_sel * sizeof *refs->flat_a);
+    refs->flat_b = malloc((size_t)job->n_sel * sizeof *refs->flat_b);
+    refs->flat_w = malloc((size_t)job->n_sel * sizeof *refs->flat_w);
+    if (!refs->dark || !refs->group_mean || !refs->flat_a || !refs->flat_b || !refs->flat_w) {
+        tomo_prep_refs_free(refs);
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory for reference rows");
+    }
+    for (size_t i = 0; i < npx; i++)
+        refs->dark[i] = (float)job->dark[i];
+    for (int s = 0; s < job->n_needed; s++) {
+        float *dst = refs->group_mean + (size_t)job->needed_group[s] * npx;
+        const double *src = job->group_mean + (size_t)s * npx;
+        for (size_t i = 0; i < npx; i++)
+            dst[i] = (float)src[i];
+    }
+    for (int k = 0; k < job->n_sel; k++) {
+        refs->flat_a[k] = group_a[k];
+        refs->flat_b[k] = group_b[k];
+        refs->flat_w[k] = (float)job->weight[k];
+    }
+    return 0;
+}
+
+/*
+ * Reads and averages the reference frames, then reads every selected projection: normalised
+ * into `out`, or with `raw_out` copied raw and the references handed over in `refs`.
+ */
+static int prep_run(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool *pool,
+                    const int *proj, int n_sel, int z0, int nz, float *out, float *raw_out,
+                    tomo_prep_refs *refs, tomo_prep_stats *stats, tomo_error *err)
 {
     tomo_prep_params defaults;
     if (!pp) {
         tomo_prep_params_default(&defaults);
         pp = &defaults;
     }
-    int rc = check_args(scan, pp, proj, n_sel, z0, nz, out, err);
+    int rc = check_args(scan, pp, proj, n_sel, z0, nz, out ? out : raw_out, err);
     if (rc < 0)
         return rc;
 
@@ -340,6 +386,7 @@ int tomo_prep_rows(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool 
     job->floor_counts = pp->floor_counts;
     job->black_limit = pp->black_fraction * scan->width;
     job->out = out;
+    job->raw_out = raw_out;
     atomic_init(&job->failed, 0);
     tomo_error_clear(&job->first_err);
 
@@ -407,6 +454,11 @@ int tomo_prep_rows(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool 
         goto out;
     }
 
+    if (raw_out) {
+        rc = hand_over_refs(job, group_a, group_b, ng, refs, err);
+        goto out;
+    }
+
     long n_black = replace_black_lines(job);
     if (n_black < 0) {
         rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory replacing black lines");
@@ -439,4 +491,28 @@ out:
     free(group_a);
     free(group_b);
     return rc;
+}
+
+int tomo_prep_rows(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool *pool,
+                   const int *proj, int n_sel, int z0, int nz, float *out, tomo_prep_stats *stats,
+                   tomo_error *err)
+{
+    return prep_run(scan, pp, pool, proj, n_sel, z0, nz, out, NULL, NULL, stats, err);
+}
+
+int tomo_prep_raw_rows(const tomo_scan *scan, tomo_pool *pool, int z0, int nz, float *raw,
+                       tomo_prep_refs *refs, tomo_error *err)
+{
+    memset(refs, 0, sizeof *refs);
+    return prep_run(scan, NULL, pool, NULL, scan->n_proj, z0, nz, NULL, raw, refs, NULL, err);
+}
+
+void tomo_prep_refs_free(tomo_prep_refs *refs)
+{
+    free(refs->dark);
+    free(refs->group_mean);
+    free(refs->flat_a);
+    free(refs->flat_b);
+    free(refs->flat_w);
+    memset(refs, 0, sizeof *refs);
 }

@@ -54,4 +54,27 @@ int tomo_prep_rows(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool 
                    const int *proj, int n_sel, int z0, int nz, float *out, tomo_prep_stats *stats,
                    tomo_error *err);
 
+/*
+ * What a backend that normalises elsewhere (the GPU) needs besides the raw rows: the mean
+ * dark, the mean of every flat group and each projection's flat interpolation, for detector
+ * rows [z0, z0 + nz). Release with tomo_prep_refs_free().
+ */
+typedef struct tomo_prep_refs {
+    int nz, width, n_groups;
+    float *dark;       /* [nz][width] */
+    float *group_mean; /* [n_groups][nz][width]; groups no projection uses are zero */
+    int *flat_a;       /* [n_proj] I0 = (1 - w) G[a] + w G[b] */
+    int *flat_b;       /* [n_proj] */
+    float *flat_w;     /* [n_proj] */
+} tomo_prep_refs;
+
+/*
+ * Reads detector rows [z0, z0 + nz) of every projection as raw counts into
+ * raw[(z * n_proj + m) * width + x], and the reference rows into *refs, in parallel on `pool`.
+ */
+int tomo_prep_raw_rows(const tomo_scan *scan, tomo_pool *pool, int z0, int nz, float *raw,
+                       tomo_prep_refs *refs, tomo_error *err);
+
+void tomo_prep_refs_free(tomo_prep_refs *refs);
+
 #endif

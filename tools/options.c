@@ -25,7 +25,10 @@ const char tomo_options_help[] =
     "  cache_level=L          zstd level of the disk cache, 1 to 3 (default 1)\n"
     "  no_cache               the same as cache=none\n"
     "  threads=N              CPU threads (default: all)\n"
-    "  max_chunk=N            most slices reconstructed together (default 32)\n";
+    "  max_chunk=N            most slices reconstructed together (default 32)\n"
+    "  device=auto|cpu|cuda:N where to reconstruct (default auto: the first GPU, else the CPU)\n"
+    "  precision=fast|exact   GPU back-projection: fast packs eight slices in fp16 with fp32\n"
+    "                         sums (relative RMS ~1e-4), exact is fp32 throughout (default fast)\n";
 
 int64_t tomo_parse_size(const char *text)
 {
@@ -218,6 +221,33 @@ static int apply(const char *key, const char *value, tomo_volume_options *opts)
         return parse_int(key, value, 0, &opts->threads);
     if (strcmp(key, "max_chunk") == 0)
         return parse_int(key, value, 1, &opts->max_chunk);
+    if (strcmp(key, "device") == 0) {
+        int index;
+        if (strcmp(value, "auto") == 0)
+            opts->device = TOMO_DEVICE_AUTO;
+        else if (strcmp(value, "cpu") == 0)
+            opts->device = TOMO_DEVICE_CPU;
+        else if (strcmp(value, "cuda") == 0 || strcmp(value, "gpu") == 0)
+            opts->device = 0;
+        else if (sscanf(value, "cuda:%d", &index) == 1 && index >= 0)
+            opts->device = index;
+        else {
+            fprintf(stderr, "tomofs: option device=%s: expected auto, cpu or cuda:N\n", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "precision") == 0) {
+        if (strcmp(value, "fast") == 0)
+            opts->precision = TOMO_PRECISION_FAST;
+        else if (strcmp(value, "exact") == 0)
+            opts->precision = TOMO_PRECISION_EXACT;
+        else {
+            fprintf(stderr, "tomofs: option precision=%s: expected fast or exact\n", value);
+            return -1;
+        }
+        return 0;
+    }
     return 1; /* not ours */
 }
 

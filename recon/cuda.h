@@ -1,0 +1,112 @@
+/*
+ * recon/cuda.h - the reconstruction pipeline on an NVIDIA GPU.
+ *
+ * The same steps as the CPU reference (prep.h, filter.h, backproject.h), all on the device:
+ * flat-field correction with flats interpolated in time, the low-transmission guard,
+ * black-line replacement and -log; cuFFT filtering with the CPU filter's spectrum, padded
+ * length and edge padding; back-projection with the CPU plan's angles, weights and centre.
+ *
+ * Back-projection has two precisions:
+ *   TOMO_PRECISION_EXACT  fp32 tables and arithmetic in the CPU's order of operations: slices
+ *                         agree with the CPU's to float rounding (relative RMS ~1e-7);
+ *   TOMO_PRECISION_FAST   adjacent slices packed by eight in fp16 (value, slope) pairs, two
+ *                         16-byte loads per view and pixel for all eight, fp32 accumulation:
+ *                         more than twice as fast, relative RMS ~1e-4.
+ *
+ * Everything is allocated once in tomo_cuda_create(): device buffers for the largest chunk,
+ * pinned host buffers for the raw rows and the slices, cuFFT plans and three streams, so that
+ * uploads, computation and downloads of successive groups of slices overlap.
+ *
+ * Built only when meson finds nvcc (-Dcuda=auto|enabled); otherwise every function reports
+ * that the program was built without CUDA, and tomo_cuda_device_count() returns 0.
+ */
+#ifndef TOMO_CUDA_H
+#define TOMO_CUDA_H
+
+#include <stddef.h>
+
+#include "../common/error.h"
+#include "../common/pool.h"
+#include "backproject.h"
+#include "filter.h"
+#include "prep.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum tomo_precision {
+    TOMO_PRECISION_FAST = 0,
+    TOMO_PRECISION_EXACT = 1,
+} tomo_precision;
+
+/* "fast" or "exact". */
+const char *tomo_precision_name(tomo_precision precision);
+
+/*
+ * Number of usable CUDA devices; 0 when there is none, when the driver is missing or when
+ * built without CUDA. `name` (may be NULL) receives device 0's name or the reason there is none.
+ */
+int tomo_cuda_device_count(char *name, size_t name_size);
+
+/* What a device pipeline is built for: fixed for the life of a mount. */
+typedef struct tomo_cuda_config {
+    int device;        /* CUDA device index */
+    int width;         /* N, detector columns */
+    int n_proj;        /* M, projections in every sinogram */
+    int n_flat_groups; /* flat groups of the scan */
+    int max_rows;      /* most slices in one chunk */
+    tomo_precision precision;
+    tomo_prep_params prep;
+    const tomo_filter *filter; /* the CPU filter whose spectrum and padding are used */
+    const tomo_bp_plan *plan;  /* the CPU back-projection geometry */
+    tomo_pool *copy_pool;      /* threads that copy finished slices out (NULL: the caller) */
+} tomo_cuda_config;
+
+typedef struct tomo_cuda tomo_cuda;
+
+/*
+ * Creates the device pipeline: selects the device, allocates every buffer and plan.
+ * On failure (no device, out of device memory) returns a negative code with err set.
+ */
+int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error *err);
+
+/*
+ * Pinned host buffer for the raw rows of one chunk: max_rows * n_proj * width floats,
+ * laid out [row][projection][column]. Fill it, then call tomo_cuda_reconstruct.
+ */
+float *tomo_cuda_raw_buffer(tomo_cuda *cuda);
+
+/* The reference rows a chunk needs, in host memory. */
+typedef struct tomo_cuda_refs {
+    const float *dark;        /* [nz][width] mean dark counts */
+    const float *flat_groups; /* [n_flat_groups][nz][width] mean counts of each flat group */
+    const int *flat_a;        /* [n_proj] flat interpolation: I0 = (1-w) G[a] + w G[b] */
+    const int *flat_b;        /* [n_proj] */
+    const float *flat_w;      /* [n_proj] */
+} tomo_cuda_refs;
+
+/*
+ * Reconstructs `nz` adjacent slices (nz <= max_rows) from the raw rows in the raw buffer and
+ * the reference rows. images[i] receives slice i (size * size floats, any host memory); each
+ * group of slices is copied out while the GPU works on the next. `stats` (may be NULL) is
+ * incremented like tomo_prep_rows does.
+ */
+int tomo_cuda_reconstruct(tomo_cuda *cuda, int nz, const tomo_cuda_refs *refs, float *const *images,
+                          tomo_prep_stats *stats, tomo_error *err);
+
+/* Releases device memory, plans, streams and pinned buffers. NULL allowed. */
+void tomo_cuda_destroy(tomo_cuda *cuda);
+
+/*
+ * For benchmarks: back-projects nz already filtered sinograms (host, [nz][n_proj][width])
+ * `repeat` times and returns the best time per launch in milliseconds (kernel only).
+ */
+int tomo_cuda_bench_backproject(tomo_cuda *cuda, const float *filtered, int nz, int repeat,
+                                float *images, double *ms, tomo_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

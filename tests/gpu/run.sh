@@ -1,0 +1,123 @@
+#!/bin/bash
+# Builds tomofs with CUDA and runs the GPU tests and benchmarks. Needs a machine with an
+# NVIDIA GPU, nvcc, and the build dependencies (pkg-config must find them).
+#
+#   tests/gpu/run.sh [parity|bench|mount|export|all]...    (default: all)
+#
+# parity  CPU against CUDA (exact and fast) on phantoms and on the real scans in
+#         ../shared/data (or $TOMOFS_DATA) when present
+# bench   back-projection ms per slice at 2048 x 1800 and 4432 x 3600
+# mount   first slice through the mount of an uncached 4432-wide, 3600-projection phantom
+#         (raw files in the page cache), then consecutive slices
+# export  tomofs export of a 2048-wide, 2048-projection phantom against dd's write bandwidth
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${BUILD:-build-gpu}
+work=${WORK:-/tmp/tomofs-gpu}
+data=${TOMOFS_DATA:-../shared/data}
+mkdir -p "$work"
+[ -f "$build/build.ninja" ] || meson setup "$build" --buildtype=release -Dcuda=enabled \
+    -Dgpu_arch="${GPU_ARCH:-90}" >/dev/null
+ninja -C "$build" >/dev/null
+tomofs=$PWD/$build/tools/tomofs
+check=$PWD/$build/tests/gpu_check
+nproc=$(nproc)
+failed=0
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
+
+phantom() { # DIR WIDTH ROWS PROJECTIONS [options]
+  local dir=$1; shift
+  [ -f "$dir/output.log" ] || "$tomofs" phantom "$dir" --width "$1" --rows "$2" \
+      --projections "$3" "${@:4}" --no-truth --threads "$nproc" >/dev/null
+}
+
+run_parity() {
+  echo "== parity: CPU against CUDA"
+  phantom "$work/p256" 256 12 360
+  phantom "$work/p512n" 512 16 720 --photons 20000 --rings
+  phantom "$work/p1000" 1000 8 900 --photons 5000
+  for scan in "$work/p256" "$work/p512n" "$work/p1000"; do
+    "$check" parity "$scan" 0 8 || failed=1
+  done
+  for scan in "$data/tooth_aps/tooth.h5" "$data/i13_24737_tiff" "$data/diad_k11_18014/k11-18014.nxs"; do
+    if [ -e "$scan" ]; then
+      if "$tomofs" info "$scan" >/dev/null 2>&1; then
+        "$check" parity "$scan" 0 2 || failed=1
+      else
+        echo "skip $scan: this build cannot read it"
+      fi
+    else
+      echo "skip $scan: not present"
+    fi
+  done
+}
+
+run_bench() {
+  echo "== back-projection benchmark"
+  "$check" bench-bp 2048 1800 5
+  "$check" bench-bp 4432 3600 3
+}
+
+run_mount() {
+  echo "== first slice through the mount: 4432 wide, 3600 projections, 256 rows"
+  local scan=$work/big mnt=$work/mnt
+  local t0=$(now) t1
+  phantom "$scan" 4432 256 3600
+  echo "phantom written in $(calc "$(now) - $t0") s"
+  cat "$scan"/q* "$scan"/dark.img > /dev/null # the raw files in the page cache
+  mkdir -p "$mnt"
+  for precision in fast exact; do
+    "$tomofs" mount "$scan" "$mnt" -o "precision=$precision,cache=none" 2>&1 | tail -1 || \
+      "$tomofs" mount "$scan" "$mnt" -o "precision=$precision"
+    grep backend "$mnt/.tomofs/status"
+    t0=$(now)
+    head -c 4096 "$mnt/slices/slice_00128.tif" > /dev/null
+    t1=$(now)
+    echo "$precision: first slice (128) read in $(calc "$t1 - $t0") s"
+    grep -E "slices_computed|chunks|busy|read_seconds" "$mnt/.tomofs/status" | tr '\n' ' '; echo
+    t0=$(now)
+    for z in $(seq 129 192); do cat "$mnt/slices/slice_00$z.tif"; done > /dev/null
+    t1=$(now)
+    echo "$precision: 64 consecutive slices (129-192) in $(calc "$t1 - $t0") s," \
+         "$(calc "64 / ($t1 - $t0)") slices/s"
+    grep -E "slices_computed|chunks|busy|read_seconds" "$mnt/.tomofs/status" | tr '\n' ' '; echo
+    "$tomofs" umount "$mnt"
+  done
+}
+
+run_export() {
+  echo "== export: 2048 wide, 2048 projections, 256 rows"
+  local scan=$work/exp out=$work/exported
+  phantom "$scan" 2048 256 2048
+  cat "$scan"/q* > /dev/null
+  rm -rf "$out"
+  mkdir -p "$out"
+  sync
+  local t0=$(now)
+  "$tomofs" export "$scan" "$out" -o cache=none 2>&1 | tail -1 || "$tomofs" export "$scan" "$out"
+  sync
+  local t1=$(now)
+  local secs=$(calc "$t1 - $t0")
+  local bytes=$(du -sb "$out" | cut -f1)
+  echo "export: 256 slices in $secs s: $(calc "256 / $secs") slices/s," \
+       "$(calc "$bytes / $secs / 1e6") MB/s (sync included)"
+  rm -rf "$out"
+  local dd_line
+  dd_line=$(dd if=/dev/zero of="$work/dd.bin" bs=16M count=256 conv=fdatasync 2>&1 | tail -1)
+  rm -f "$work/dd.bin"
+  echo "dd write bandwidth of the same disk: $dd_line"
+}
+
+steps=${*:-all}
+for step in $steps; do
+  case $step in
+  parity) run_parity ;;
+  bench) run_bench ;;
+  mount) run_mount ;;
+  export) run_export ;;
+  all) run_parity; run_bench; run_mount; run_export ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
+exit $failed
