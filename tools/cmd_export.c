@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,115 @@ static int write_file(const char *dir, const char *name, const void *a, size_t a
         return -1;
     }
     return 0;
+}
+
+/* Threads that write finished slices while the next chunk is reconstructed. */
+#define WRITERS 2
+
+typedef struct writer {
+    const tomo_volume *vol;
+    int variant;
+    const char *outdir;
+    pthread_t threads[WRITERS];
+    int n_threads;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    tomo_slice **queue; /* ring of `capacity` slices */
+    int capacity, head, count;
+    int closing, failed;
+    long written;
+    tomo_progress progress;
+} writer;
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    unsigned char header[TOMO_TIFF_DATA_OFFSET];
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->count && !w->closing)
+            pthread_cond_wait(&w->changed, &w->lock);
+        if (!w->count)
+            break;
+        tomo_slice *slice = w->queue[w->head];
+        w->head = (w->head + 1) % w->capacity;
+        w->count--;
+        int skip = w->failed;
+        pthread_cond_broadcast(&w->changed);
+        pthread_mutex_unlock(&w->lock);
+
+        int rc = 0;
+        if (!skip) {
+            char name[64];
+            tomo_error err;
+            tomo_error_clear(&err);
+            tomo_volume_slice_name(w->vol, slice->z, name, sizeof name);
+            if (tomo_volume_slice_header(w->vol, w->variant, slice->z, header, &err) < 0) {
+                fprintf(stderr, "\ntomofs: %s: %s\n", name, err.message);
+                rc = -1;
+            } else {
+                rc = write_file(w->outdir, name, header, sizeof header, slice->pixels,
+                                tomo_slice_bytes(slice));
+            }
+        }
+        tomo_slice_unref(slice);
+
+        pthread_mutex_lock(&w->lock);
+        if (rc < 0)
+            w->failed = 1;
+        else if (!skip)
+            tomo_progress_update(&w->progress, ++w->written, NULL);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static int writer_start(writer *w, const tomo_volume *vol, int variant, const char *outdir,
+                        int capacity)
+{
+    memset(w, 0, sizeof *w);
+    w->vol = vol;
+    w->variant = variant;
+    w->outdir = outdir;
+    w->capacity = capacity;
+    w->queue = calloc((size_t)capacity, sizeof *w->queue);
+    if (!w->queue)
+        return -1;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->changed, NULL);
+    for (int i = 0; i < WRITERS; i++)
+        if (pthread_create(&w->threads[w->n_threads], NULL, writer_main, w) == 0)
+            w->n_threads++;
+    return w->n_threads ? 0 : -1;
+}
+
+/* Queues a slice for writing (takes the reference); waits while the queue is full. */
+static int writer_push(writer *w, tomo_slice *slice)
+{
+    pthread_mutex_lock(&w->lock);
+    while (w->count == w->capacity)
+        pthread_cond_wait(&w->changed, &w->lock);
+    w->queue[(w->head + w->count) % w->capacity] = slice;
+    w->count++;
+    int failed = w->failed;
+    pthread_cond_broadcast(&w->changed);
+    pthread_mutex_unlock(&w->lock);
+    return failed ? -1 : 0;
+}
+
+/* Writes what is queued, stops the threads; -1 if any write failed. */
+static int writer_finish(writer *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->closing = 1;
+    pthread_cond_broadcast(&w->changed);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->n_threads; i++)
+        pthread_join(w->threads[i], NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->changed);
+    free(w->queue);
+    return w->failed ? -1 : 0;
 }
 
 static int parse_range(const char *text, int rows, int *a, int *b)
@@ -180,14 +290,15 @@ int tomo_cmd_export(int argc, char **argv)
         chunk = fit < 1 ? 1 : fit > 32 ? 32 : (int)fit;
     }
     tomo_slice **slices = calloc((size_t)chunk, sizeof *slices);
-    if (!slices) {
+    writer w;
+    if (!slices || writer_start(&w, vol, v, outdir, 2 * chunk) < 0) {
         fprintf(stderr, "tomofs: out of memory\n");
+        free(slices);
         goto out;
     }
-    tomo_progress progress;
-    tomo_progress_start(&progress, "export", z1 - z0);
-    unsigned char header[TOMO_TIFF_DATA_OFFSET];
+    tomo_progress_start(&w.progress, "export", z1 - z0);
     int failed = 0;
+    /* The next chunk is reconstructed while the writers store the previous one. */
     for (int z = z0; z < z1 && !failed; z += chunk) {
         int nz = z1 - z < chunk ? z1 - z : chunk;
         if (tomo_engine_compute(vol->engine, v, z, nz, slices, &err) < 0) {
@@ -195,26 +306,15 @@ int tomo_cmd_export(int argc, char **argv)
             failed = 1;
             break;
         }
-        for (int i = 0; i < nz; i++) {
-            char name[64];
-            tomo_volume_slice_name(vol, z + i, name, sizeof name);
-            if (!failed && (tomo_volume_slice_header(vol, v, z + i, header, &err) < 0 ||
-                            write_file(outdir, name, header, sizeof header, slices[i]->pixels,
-                                       tomo_slice_bytes(slices[i])) < 0)) {
-                if (err.code)
-                    fprintf(stderr, "\ntomofs: %s: %s\n", name, err.message);
-                failed = 1;
-            }
-            tomo_slice_unref(slices[i]);
-            slices[i] = NULL;
-        }
-        tomo_progress_update(&progress, z + nz - z0, NULL);
+        for (int i = 0; i < nz; i++)
+            failed |= writer_push(&w, slices[i]) < 0;
     }
+    failed |= writer_finish(&w) < 0;
     free(slices);
     if (!failed) {
-        tomo_progress_finish(&progress, z1 - z0);
+        tomo_progress_finish(&w.progress, z1 - z0);
         fprintf(stderr, "tomofs: wrote %d slices to %s in %.1f s\n", z1 - z0, outdir,
-                tomo_now() - progress.start);
+                tomo_now() - w.progress.start);
         status = 0;
     }
 out:
