@@ -326,11 +326,7 @@ static int identity_matches(tomo_store *s, MDB_txn *txn, store_variant *v)
     unsigned char vk[9];
     store_variant_key(v->key, vk);
     MDB_val k = {sizeof vk, vk}, val;
-    if (mdb_get(txn, s->meta, &k, &val) != 0 || val.mv_size < 4)
-        return 0;
-    const unsigned char *p = val.mv_data;
-    size_t len = (size_t)p[0] | (size_t)p[1] << 8 | (size_t)p[2] << 16 | (size_t)p[3] << 24;
-    return len == v->identity_len && val.mv_size >= 4 + len && memcmp(p + 4, v->identity, len) == 0;
+    return mdb_get(txn, s->meta, &k, &val) == 0 && store_variant_record_matches(&val, v);
 }
 
 static void read_failed(tomo_store *s, int rc)

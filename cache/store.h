@@ -19,7 +19,8 @@
  *   access times, which readers collect in memory, every few seconds; and syncs every few
  *   seconds and at close. Several processes may use one folder at the same time; LMDB's lock
  *   file coordinates them. A process must open a folder only once, and must not fork while it
- *   has a store open (a daemon opens it after daemonizing).
+ *   has a store open (a daemon opens it after daemonizing). The folder must be on a local
+ *   filesystem: LMDB's locks and shared map do not work over NFS.
  *
  * Durability
  *   Commits are not synced one by one (MDB_NOSYNC, without MDB_WRITEMAP): a killed process
@@ -105,8 +106,9 @@ int tomo_store_open(const tomo_store_config *cfg, tomo_store **out, tomo_error *
 const char *tomo_store_dir(const tomo_store *store);
 
 /*
- * Declares a variant: `key` is the hash of `identity`, the full text that determines the
- * pixels; `info` is free text shown by `tomofs cache stats` (scan path, folder name, size).
+ * Declares a variant: `key` is its 64-bit hash, and `identity` spells out in full what that
+ * hash covers (everything that determines the pixels); `info` is free text shown by
+ * `tomofs cache stats` (scan path, folder name, size).
  * Returns a handle >= 0 for tomo_store_get and tomo_store_put. Call before those; the
  * identity is written to the database with the variant's first slice.
  */

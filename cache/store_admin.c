@@ -68,18 +68,11 @@ static void read_identity(tomo_store *s, MDB_txn *txn, uint64_t key, char **iden
     unsigned char vk[9];
     store_variant_key(key, vk);
     MDB_val k = {sizeof vk, vk}, v;
-    size_t id_len = 0, info_len = 0;
-    const unsigned char *p = NULL;
-    if (mdb_get(txn, s->meta, &k, &v) == 0 && v.mv_size >= 4) {
-        p = v.mv_data;
-        id_len = (size_t)p[0] | (size_t)p[1] << 8 | (size_t)p[2] << 16 | (size_t)p[3] << 24;
-        if (4 + id_len > v.mv_size)
-            id_len = 0;
-        else
-            info_len = v.mv_size - 4 - id_len;
-    }
-    *identity = strndup(p ? (const char *)p + 4 : "", id_len);
-    *info = strndup(p ? (const char *)p + 4 + id_len : "", info_len);
+    variant_record r = {"", 0, "", 0};
+    if (mdb_get(txn, s->meta, &k, &v) != 0 || store_variant_record_decode(&v, &r) < 0)
+        r = (variant_record){"", 0, "", 0};
+    *identity = strndup(r.identity, r.identity_len);
+    *info = strndup(r.info, r.info_len);
 }
 
 /* ---- usage ---- */

@@ -119,6 +119,19 @@ void store_atime_key(uint64_t atime_ms, uint64_t key, int z, unsigned char out[A
 void store_variant_key(uint64_t key, unsigned char out[9]);
 void store_record_encode(const slice_record *r, unsigned char out[RECORD_BYTES]);
 int store_record_decode(const MDB_val *val, slice_record *r);
+/* A variant's entry in "meta": u32 identity length, identity, info; pointers into the value. */
+typedef struct variant_record {
+    const char *identity;
+    size_t identity_len;
+    const char *info;
+    size_t info_len;
+} variant_record;
+
+size_t store_variant_record_size(const store_variant *v);
+void store_variant_record_encode(const store_variant *v, unsigned char *out);
+int store_variant_record_decode(const MDB_val *val, variant_record *r);
+/* 1 when the entry holds exactly the identity of v. */
+int store_variant_record_matches(const MDB_val *val, const store_variant *v);
 void store_totals_encode(const tomo_store_totals *t, unsigned char out[TOTALS_FIELDS * 8]);
 void store_totals_decode(const MDB_val *val, tomo_store_totals *t);
 /* Bytes of file an encoded chunk of `len` bytes occupies (its pages, or its share of one). */

@@ -110,6 +110,37 @@ int store_record_decode(const MDB_val *val, slice_record *r)
     return 0;
 }
 
+size_t store_variant_record_size(const store_variant *v)
+{
+    return 4 + v->identity_len + strlen(v->info);
+}
+
+void store_variant_record_encode(const store_variant *v, unsigned char *out)
+{
+    put_le32(out, (uint32_t)v->identity_len);
+    memcpy(out + 4, v->identity, v->identity_len);
+    memcpy(out + 4 + v->identity_len, v->info, strlen(v->info));
+}
+
+int store_variant_record_decode(const MDB_val *val, variant_record *r)
+{
+    const unsigned char *p = val->mv_data;
+    if (val->mv_size < 4 || get_le32(p) > val->mv_size - 4)
+        return -1;
+    r->identity_len = get_le32(p);
+    r->identity = (const char *)p + 4;
+    r->info = r->identity + r->identity_len;
+    r->info_len = val->mv_size - 4 - r->identity_len;
+    return 0;
+}
+
+int store_variant_record_matches(const MDB_val *val, const store_variant *v)
+{
+    variant_record r;
+    return store_variant_record_decode(val, &r) == 0 && r.identity_len == v->identity_len &&
+           memcmp(r.identity, v->identity, r.identity_len) == 0;
+}
+
 void store_totals_encode(const tomo_store_totals *t, unsigned char out[TOTALS_FIELDS * 8])
 {
     const uint64_t fields[TOTALS_FIELDS] = {

@@ -224,18 +224,11 @@ typedef signed char variant_ok[TOMO_STORE_MAX_VARIANTS];
 
 static int write_identity(tomo_store *s, MDB_txn *txn, store_variant *v, MDB_val *key)
 {
-    size_t info_len = strlen(v->info);
-    MDB_val val = {4 + v->identity_len + info_len, NULL};
+    MDB_val val = {store_variant_record_size(v), NULL};
     int rc = mdb_put(txn, s->meta, key, &val, MDB_RESERVE);
-    if (rc)
-        return rc;
-    unsigned char *p = val.mv_data;
-    uint32_t len = (uint32_t)v->identity_len;
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(len >> (8 * i));
-    memcpy(p + 4, v->identity, v->identity_len);
-    memcpy(p + 4 + v->identity_len, v->info, info_len);
-    return 0;
+    if (rc == 0)
+        store_variant_record_encode(v, val.mv_data);
+    return rc;
 }
 
 /* Records the variant's identity, or finds that its key already holds another one. */
@@ -254,11 +247,7 @@ static int check_variant(tomo_store *s, MDB_txn *txn, int handle, variant_ok ok)
     }
     if (rc)
         return rc;
-    const unsigned char *p = val.mv_data;
-    size_t len = val.mv_size >= 4
-                     ? (size_t)p[0] | (size_t)p[1] << 8 | (size_t)p[2] << 16 | (size_t)p[3] << 24
-                     : 0;
-    if (val.mv_size >= 4 + len && len == v->identity_len && memcmp(p + 4, v->identity, len) == 0) {
+    if (store_variant_record_matches(&val, v)) {
         ok[handle] = 1;
         return 0;
     }
