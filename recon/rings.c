@@ -434,18 +434,20 @@ typedef struct colstore {
 
 /* What one thread needs. */
 typedef struct worker {
-    uint64_t *tmp;       /* M: radix sort ping-pong buffer */
-    float *gather;       /* M x BLOCK: a block of columns, row-major */
-    uint32_t *med;       /* BLOCK x M: medians of the block, column-major */
-    float *out;          /* M x BLOCK: output block, row-major */
-    uint32_t *wins;      /* dim 1: one window of `size` keys per rank, kept across blocks */
-    int wins_col;        /* column the windows of every rank are valid for, or NO_COLUMN */
-    uint32_t *win;       /* dim 2: window, size^2 keys */
-    uint32_t *win2;      /* dim 2: second window buffer for merges */
-    uint32_t *run_rem;   /* dim 2: the run leaving the window */
-    uint32_t *run_add;   /* dim 2: the run entering it */
-    const uint64_t **cp; /* BLOCK + size - 1 column pointers for the current block */
-    double *ext;         /* a reflected column (dead stripes), or a window of doubles */
+    uint64_t *tmp;         /* M: radix sort ping-pong buffer */
+    float *gather;         /* M x BLOCK: a block of columns, row-major */
+    uint32_t *med;         /* BLOCK x M: medians of the block, column-major */
+    float *out;            /* M x BLOCK: output block, row-major */
+    uint32_t *wins;        /* dim 1: one window of `size` keys per rank, kept across blocks */
+    int wins_col;          /* column the windows of every rank are valid for, or NO_COLUMN */
+    int *cuts;             /* dim 2: per rank, the cut of each run of the window (size ints) */
+    const uint64_t **runs; /* dim 2: the runs of the current window */
+    uint32_t *win;         /* dim 2: window, size^2 keys */
+    uint32_t *win2;        /* dim 2: second window buffer for merges */
+    uint32_t *run_rem;     /* dim 2: the run leaving the window */
+    uint32_t *run_add;     /* dim 2: the run entering it */
+    const uint64_t **cp;   /* BLOCK + size - 1 column pointers for the current block */
+    double *ext;           /* a reflected column (dead stripes), or a window of doubles */
 } worker;
 
 typedef struct rings_call {
@@ -523,6 +525,9 @@ static void layout_worker(bump *b, worker *w, int M, const tomo_rings_params *p,
     w->out = take(b, (size_t)M * BLOCK * sizeof(float));
     w->wins = take(b, (size_t)M * (size_t)max_1d * sizeof(uint32_t));
     w->wins_col = NO_COLUMN;
+    int size_2d = uses_sort(p->method) && p->dim == 2 ? tomo_rings_sort_size(p, N) : 1;
+    w->cuts = take(b, (size_t)M * (size_t)size_2d * sizeof(int));
+    w->runs = take(b, (size_t)size_2d * sizeof(uint64_t *));
     w->win = take(b, (size_t)max_2d * sizeof(uint32_t));
     w->win2 = take(b, (size_t)max_2d * sizeof(uint32_t));
     w->run_rem = take(b, (size_t)max_size * sizeof(uint32_t));
@@ -737,6 +742,114 @@ static inline void window_slide(uint32_t *w, int n, uint32_t old, uint32_t add)
     }
 }
 
+/* Number of keys of the sorted run[0..n) below v. */
+static inline int count_below(const uint64_t *run, int n, uint32_t v)
+{
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (pair_key(run[mid]) < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/*
+ * dim = 2 at an interior rank r: the window of column j is the union of `size` runs, the
+ * ranks r - hl .. r + hr of the sorted columns j - hl .. j + hr, each run sorted and read in
+ * place. cut[o] says how many of the smallest keys of run o make up L, the rank + 1 smallest
+ * keys of the window, so the median is max(L). Sliding to the next column swaps one run: the
+ * entering run is cut where the remaining L ends, and L is then brought back to its size by
+ * moving the smallest keys above it in, or its largest keys out, one at a time. That costs
+ * O(size) per move and a few moves per pixel (about size / 2 on noisy data), instead of the
+ * O(size^2) of merging whole windows. The cuts are kept per rank across blocks (wins_col).
+ */
+static void median2_interior(worker *w, const uint64_t *const *cp, int j0, int j1, int r, int size,
+                             int hl, int rank, int M, const unsigned char *only, int cont)
+{
+    int *cut = w->cuts + (size_t)r * size; /* in window order: run o is column j - hl + o */
+    const uint64_t **run = w->runs;
+    int start = r - hl;
+    int valid = cont;
+    for (int j = j0; j < j1; j++) {
+        int x = j - j0;
+        if (only && !only[j]) {
+            valid = 0;
+            continue;
+        }
+        for (int o = 0; o < size; o++)
+            run[o] = cp[x + 1 + o] + start;
+        if (!valid) {
+            uint32_t *win = w->win;
+            for (int o = 0; o < size; o++)
+                for (int q = 0; q < size; q++)
+                    win[(size_t)o * size + q] = pair_key(run[o][q]);
+            uint32_t m = merge_runs(win, w->win2, size, size)[rank];
+            int need = rank + 1;
+            for (int o = 0; o < size; o++) {
+                cut[o] = count_below(run[o], size, m);
+                need -= cut[o];
+            }
+            /* keys equal to the median: as many as L still lacks */
+            for (int o = 0; o < size && need > 0; o++)
+                while (need > 0 && cut[o] < size && pair_key(run[o][cut[o]]) == m) {
+                    cut[o]++;
+                    need--;
+                }
+            valid = 1;
+        } else {
+            int cut_out = cut[0];
+            for (int o = 0; o + 1 < size; o++)
+                cut[o] = cut[o + 1];
+            uint32_t top = 0;
+            int have = 0;
+            for (int o = 0; o < size - 1; o++)
+                if (cut[o] > 0) {
+                    uint32_t v = pair_key(run[o][cut[o] - 1]);
+                    top = v > top ? v : top;
+                    have = 1;
+                }
+            int cut_in = have ? count_below(run[size - 1], size, top) : 0;
+            cut[size - 1] = cut_in;
+            for (int d = cut_out - cut_in; d > 0; d--) {
+                int best = -1;
+                uint32_t bv = UINT32_MAX;
+                for (int o = 0; o < size; o++)
+                    if (cut[o] < size) {
+                        uint32_t v = pair_key(run[o][cut[o]]);
+                        if (v < bv || best < 0) {
+                            best = o;
+                            bv = v;
+                        }
+                    }
+                cut[best]++;
+            }
+            for (int d = cut_out - cut_in; d < 0; d++) {
+                int best = -1;
+                uint32_t bv = 0;
+                for (int o = 0; o < size; o++)
+                    if (cut[o] > 0) {
+                        uint32_t v = pair_key(run[o][cut[o] - 1]);
+                        if (v > bv || best < 0) {
+                            best = o;
+                            bv = v;
+                        }
+                    }
+                cut[best]--;
+            }
+        }
+        uint32_t med = 0;
+        for (int o = 0; o < size; o++)
+            if (cut[o] > 0) {
+                uint32_t v = pair_key(run[o][cut[o] - 1]);
+                med = v > med ? v : med;
+            }
+        w->med[(size_t)x * M + r] = med;
+    }
+}
+
 /*
  * Medians of the sorted image at columns [j0, j1), every rank, into w->med[(j - j0) M + r],
  * for the window of the current step (c->size, c->dim). Columns with only[j] == 0 are skipped
@@ -779,7 +892,13 @@ static void median_block(const rings_call *c, worker *w, int j0, int j1, const u
         return;
     }
     int n = size * size, rank = n / 2;
+    int cont = w->wins_col == j0 - 1;
     for (int r = 0; r < M; r++) {
+        if (r - hl >= 0 && r - hl + size <= M) {
+            median2_interior(w, cp, j0, j1, r, size, hl, rank, M, only, cont);
+            continue;
+        }
+        /* near the first and last ranks the runs are reflected: merge whole windows */
         int valid = 0;
         uint32_t *win = w->win, *spare = w->win2;
         for (int j = j0; j < j1; j++) {
@@ -808,6 +927,7 @@ static void median_block(const rings_call *c, worker *w, int j0, int j1, const u
             w->med[(size_t)x * M + r] = win[rank];
         }
     }
+    w->wins_col = (only && !only[j1 - 1]) ? NO_COLUMN : j1 - 1;
 }
 
 /* Writes rows of the output block to columns [j0, j0 + nb) of the sinogram. */
