@@ -257,9 +257,11 @@ typedef struct decode_job {
     const MDB_val *vals;
     unsigned char *dst;
     uint64_t raw_bytes;
-    atomic_int bad_chunk; /* lowest failing chunk, or INT_MAX */
-    tomo_chunk_status bad_status;
+    void (*progress)(void *ctx, int chunk);
+    void *ctx;
     pthread_mutex_t lock;
+    int bad_chunk; /* lowest failing chunk, or -1 */
+    tomo_chunk_status bad_status;
 } decode_job;
 
 static void decode_task(void *arg, int task, int slot)
@@ -273,50 +275,71 @@ static void decode_task(void *arg, int task, int slot)
                                j->dst + (size_t)task * TOMO_STORE_CHUNK_BYTES,
                                store_chunk_raw(j->raw_bytes, (uint32_t)task));
     store_codec_give(j->s, c);
-    if (st != TOMO_CHUNK_OK) {
-        pthread_mutex_lock(&j->lock);
-        if (task < atomic_load(&j->bad_chunk)) {
-            atomic_store(&j->bad_chunk, task);
-            j->bad_status = st;
-        }
-        pthread_mutex_unlock(&j->lock);
+    if (st == TOMO_CHUNK_OK) {
+        if (j->progress)
+            j->progress(j->ctx, task);
+        return;
     }
+    pthread_mutex_lock(&j->lock);
+    if (j->bad_chunk < 0 || task < j->bad_chunk) {
+        j->bad_chunk = task;
+        j->bad_status = st;
+    }
+    pthread_mutex_unlock(&j->lock);
 }
 
-int store_decode_slice(tomo_store *s, MDB_txn *txn, uint64_t key, int z, const slice_record *rec,
-                       unsigned char *dst, slice_damage *damage)
+/*
+ * Decodes n chunks into dst on the caller's thread and the read pool. The pool hands out
+ * chunks in increasing order, so a reader waiting for the start of a slice is served first.
+ */
+static int decode_chunks(tomo_store *s, const MDB_val *vals, uint32_t n, uint64_t raw_bytes,
+                         unsigned char *dst, void (*progress)(void *ctx, int chunk), void *ctx,
+                         slice_damage *damage)
 {
-    MDB_val stack_vals[32];
-    MDB_val *vals = rec->n_chunks <= 32 ? stack_vals : calloc(rec->n_chunks, sizeof *vals);
-    if (!vals) {
-        *damage = (slice_damage){-1, "out of memory"};
-        return -1;
-    }
-    int rc = 0;
-    /* the values point into the map and stay valid until the transaction ends */
-    for (uint32_t i = 0; i < rec->n_chunks && rc == 0; i++) {
+    decode_job job = {.s = s,
+                      .vals = vals,
+                      .dst = dst,
+                      .raw_bytes = raw_bytes,
+                      .progress = progress,
+                      .ctx = ctx,
+                      .bad_chunk = -1};
+    pthread_mutex_init(&job.lock, NULL);
+    tomo_pool_run(s->read_pool, (int)n, decode_task, &job);
+    pthread_mutex_destroy(&job.lock);
+    if (job.bad_chunk < 0)
+        return 0;
+    *damage = (slice_damage){job.bad_chunk, tomo_chunk_status_text(job.bad_status)};
+    return -1;
+}
+
+/* Finds every chunk of a slice: vals[i] points into the map until the transaction ends. */
+static int find_chunks(tomo_store *s, MDB_txn *txn, uint64_t key, int z, uint32_t n, MDB_val *vals,
+                       slice_damage *damage)
+{
+    for (uint32_t i = 0; i < n; i++) {
         unsigned char ck[TOMO_STORE_CHUNK_KEY_BYTES];
         tomo_store_chunk_key(key, z, (int)i, ck);
         MDB_val k = {sizeof ck, ck};
         if (mdb_get(txn, s->chunks, &k, &vals[i]) != 0) {
             *damage = (slice_damage){(int)i, "missing"};
-            rc = -1;
+            return -1;
         }
     }
-    if (rc == 0) {
-        decode_job job = {.s = s, .vals = vals, .dst = dst, .raw_bytes = rec->raw_bytes};
-        atomic_init(&job.bad_chunk, 1 << 30);
-        pthread_mutex_init(&job.lock, NULL);
-        tomo_pool_run(s->read_pool, (int)rec->n_chunks, decode_task, &job);
-        pthread_mutex_destroy(&job.lock);
-        int bad = atomic_load(&job.bad_chunk);
-        if (bad < (int)rec->n_chunks) {
-            *damage = (slice_damage){bad, tomo_chunk_status_text(job.bad_status)};
-            rc = -1;
-        }
+    return 0;
+}
+
+int store_decode_slice(tomo_store *s, MDB_txn *txn, uint64_t key, int z, const slice_record *rec,
+                       unsigned char *dst, slice_damage *damage)
+{
+    MDB_val *vals = calloc(rec->n_chunks ? rec->n_chunks : 1, sizeof *vals);
+    if (!vals) {
+        *damage = (slice_damage){-1, "out of memory"};
+        return -1;
     }
-    if (vals != stack_vals)
-        free(vals);
+    int rc = find_chunks(s, txn, key, z, rec->n_chunks, vals, damage);
+    if (rc == 0)
+        rc = decode_chunks(s, vals, rec->n_chunks, rec->raw_bytes, dst, NULL, NULL, damage);
+    free(vals);
     return rc;
 }
 
@@ -337,8 +360,43 @@ static void read_failed(tomo_store *s, int rc)
                          s->dir, mdb_strerror(rc));
 }
 
+static uint64_t slice_id(int handle, int z)
+{
+    return (uint64_t)(handle + 1) << 32 | (uint32_t)z;
+}
+
+/*
+ * A damaged slice stays marked until the writer has deleted it, so reads in between are
+ * plain misses and the damage is logged once.
+ */
+static int marked_damaged(tomo_store *s, uint64_t id)
+{
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < STORE_DAMAGE_MARKS && !found; i++)
+        found = s->damage_marks[i] == id;
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+void store_unmark_damaged(tomo_store *s, int handle, int z)
+{
+    uint64_t id = slice_id(handle, z);
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < STORE_DAMAGE_MARKS; i++)
+        if (s->damage_marks[i] == id)
+            s->damage_marks[i] = 0;
+    pthread_mutex_unlock(&s->lock);
+}
+
 static void report_damage(tomo_store *s, int handle, int z, const slice_damage *d)
 {
+    uint64_t id = slice_id(handle, z);
+    if (marked_damaged(s, id))
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->damage_marks[s->next_mark++ % STORE_DAMAGE_MARKS] = id;
+    pthread_mutex_unlock(&s->lock);
     atomic_fetch_add(&s->damaged, 1);
     if (d->chunk >= 0)
         tomo_log_warning("%s: slice %d of %s: chunk %d: %s; deleted, the slice is recomputed",
@@ -353,7 +411,7 @@ static void touch(tomo_store *s, int handle, int z)
 {
     if (!s->cfg.background)
         return;
-    uint64_t id = (uint64_t)(handle + 1) << 32 | (uint32_t)z;
+    uint64_t id = slice_id(handle, z);
     pthread_mutex_lock(&s->lock);
     touched_set *t = &s->touched;
     /* a full set drops the touch: the slice merely looks older than it is */
@@ -369,62 +427,116 @@ static void touch(tomo_store *s, int handle, int z)
     pthread_mutex_unlock(&s->lock);
 }
 
-/*
- * Looks the slice up and decodes it inside `txn`: 1 hit, 0 miss (absent, another identity,
- * or a read error), -1 damaged (*damage says why).
- */
-static int lookup(tomo_store *s, MDB_txn *txn, store_variant *v, int z, tomo_slice *slice,
-                  slice_damage *damage)
+struct tomo_store_slice {
+    tomo_store *s;
+    int handle;
+    int z;
+    MDB_txn *txn;
+    slice_record rec;
+    MDB_val *vals;
+    slice_damage damage; /* what != NULL once something was found damaged */
+    int decoded;         /* every chunk decoded and checked */
+};
+
+/* Looks the slice up inside r->txn: 1 found, 0 miss, -1 damaged (r->damage says why). */
+static int find_slice(tomo_store_slice *r, int side)
 {
-    if (!identity_matches(s, txn, v))
+    tomo_store *s = r->s;
+    store_variant *v = &s->variants[r->handle];
+    if (!identity_matches(s, r->txn, v))
         return 0;
     unsigned char skey[SLICE_KEY_BYTES];
-    store_slice_key(v->key, z, skey);
+    store_slice_key(v->key, r->z, skey);
     MDB_val k = {sizeof skey, skey}, val;
-    int rc = mdb_get(txn, s->slices, &k, &val);
+    int rc = mdb_get(r->txn, s->slices, &k, &val);
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc) {
         read_failed(s, rc);
         return 0;
     }
-    slice_record rec;
-    if (store_record_decode(&val, &rec) < 0) {
-        *damage = (slice_damage){-1, "bad record"};
+    if (store_record_decode(&val, &r->rec) < 0) {
+        r->damage = (slice_damage){-1, "bad record"};
         return -1;
     }
     /* the identity fixes the geometry; a caller asking for another size gets nothing */
-    if (rec.side != (uint32_t)slice->size)
+    if (r->rec.side != (uint32_t)side)
         return 0;
-    return store_decode_slice(s, txn, v->key, z, &rec, (unsigned char *)slice->pixels, damage) < 0
-               ? -1
-               : 1;
+    r->vals = calloc(r->rec.n_chunks ? r->rec.n_chunks : 1, sizeof *r->vals);
+    if (!r->vals)
+        return 0;
+    return find_chunks(s, r->txn, v->key, r->z, r->rec.n_chunks, r->vals, &r->damage) < 0 ? -1 : 1;
+}
+
+static void end_read(tomo_store_slice *r)
+{
+    if (r->txn)
+        mdb_txn_abort(r->txn);
+    if (r->decoded) {
+        atomic_fetch_add(&r->s->hits, 1);
+        touch(r->s, r->handle, r->z);
+    } else {
+        atomic_fetch_add(&r->s->misses, 1);
+    }
+    if (r->damage.what)
+        report_damage(r->s, r->handle, r->z, &r->damage);
+    free(r->vals);
+    free(r);
+}
+
+int tomo_store_slice_open(tomo_store *s, int handle, int z, int side, tomo_store_slice **out)
+{
+    *out = NULL;
+    if (handle < 0 || handle >= atomic_load(&s->n_variants))
+        return 0;
+    tomo_store_slice *r = calloc(1, sizeof *r);
+    if (!r)
+        return 0;
+    *r = (tomo_store_slice){.s = s, .handle = handle, .z = z};
+    int rc = marked_damaged(s, slice_id(handle, z))
+                 ? MDB_NOTFOUND
+                 : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn);
+    if (rc && rc != MDB_NOTFOUND)
+        read_failed(s, rc);
+    if (rc || find_slice(r, side) != 1) {
+        end_read(r);
+        return 0;
+    }
+    *out = r;
+    return 1;
+}
+
+uint64_t tomo_store_slice_chunks(const tomo_store_slice *r)
+{
+    return r->rec.n_chunks;
+}
+
+int tomo_store_slice_decode(tomo_store_slice *r, void *pixels,
+                            void (*progress)(void *ctx, int chunk), void *ctx)
+{
+    if (r->decoded || r->damage.what)
+        return r->decoded ? 0 : -1;
+    if (decode_chunks(r->s, r->vals, r->rec.n_chunks, r->rec.raw_bytes, pixels, progress, ctx,
+                      &r->damage) < 0)
+        return -1;
+    r->decoded = 1;
+    return 0;
+}
+
+void tomo_store_slice_close(tomo_store_slice *r)
+{
+    if (r)
+        end_read(r);
 }
 
 int tomo_store_get(tomo_store *s, int handle, int z, tomo_slice *slice)
 {
-    if (handle < 0 || handle >= atomic_load(&s->n_variants))
+    tomo_store_slice *r;
+    if (tomo_store_slice_open(s, handle, z, slice->size, &r) != 1)
         return 0;
-    store_variant *v = &s->variants[handle];
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc) {
-        read_failed(s, rc);
-        atomic_fetch_add(&s->misses, 1);
-        return 0;
-    }
-    slice_damage damage = {0, NULL};
-    int found = lookup(s, txn, v, z, slice, &damage);
-    mdb_txn_abort(txn);
-    if (found == 1) {
-        atomic_fetch_add(&s->hits, 1);
-        touch(s, handle, z);
-        return 1;
-    }
-    if (found < 0)
-        report_damage(s, handle, z, &damage);
-    atomic_fetch_add(&s->misses, 1);
-    return 0;
+    int rc = tomo_store_slice_decode(r, slice->pixels, NULL, NULL);
+    tomo_store_slice_close(r);
+    return rc == 0;
 }
 
 /* ---- the rest ---- */

@@ -124,6 +124,40 @@ int tomo_store_add_variant(tomo_store *store, uint64_t key, const char *identity
 int tomo_store_get(tomo_store *store, int handle, int z, tomo_slice *slice);
 
 /*
+ * Reading a slice progressively, so that a reader of its first bytes is answered before its
+ * last chunk is decoded:
+ *
+ *     tomo_store_slice *r;
+ *     if (tomo_store_slice_open(store, handle, z, side, &r) == 1) {
+ *         ok = tomo_store_slice_decode(r, pixels, progress, ctx) == 0;
+ *         tomo_store_slice_close(r);
+ *     }
+ *
+ * tomo_store_slice_open() looks the slice up and returns 1, or 0 on a miss (with the same
+ * meaning as for tomo_store_get). It holds a read-only transaction until
+ * tomo_store_slice_close(): keep the three calls together, never across requests.
+ */
+typedef struct tomo_store_slice tomo_store_slice;
+
+int tomo_store_slice_open(tomo_store *store, int handle, int z, int side, tomo_store_slice **out);
+
+/* Number of chunks of the slice; chunk i holds pixel bytes from i * TOMO_STORE_CHUNK_BYTES. */
+uint64_t tomo_store_slice_chunks(const tomo_store_slice *r);
+
+/*
+ * Decodes every chunk into `pixels` (side * side floats), on the calling thread and the
+ * store's decoding threads, handing chunks out in increasing order. After each chunk is
+ * decoded and its checksum verified, progress(ctx, chunk) is called (may be NULL), from any of
+ * those threads and not necessarily in order. Returns 0, or -1 when a chunk is damaged: the
+ * chunks already reported are good, the others must not be used.
+ */
+int tomo_store_slice_decode(tomo_store_slice *r, void *pixels,
+                            void (*progress)(void *ctx, int chunk), void *ctx);
+
+/* Ends the transaction; counts a hit or a miss, and reports and deletes damage. */
+void tomo_store_slice_close(tomo_store_slice *r);
+
+/*
  * Queues a slice for storage and returns at once; takes its own reference. Slices already
  * stored are only marked as used. A slice is dropped (and counted) when more than the queue's
  * memory budget is waiting, when it is larger than the capacity, or after a failed commit.

@@ -22,6 +22,9 @@
 #define RECORD_BYTES    40
 #define TOTALS_FIELDS   10
 
+/* Damaged slices remembered until their deletion is committed (see report_damage). */
+#define STORE_DAMAGE_MARKS 16
+
 /* A slice's entry in the "slices" DBI. */
 typedef struct slice_record {
     uint64_t atime_ms;
@@ -101,6 +104,8 @@ struct tomo_store {
     uint64_t flush_gen, flushed_gen;
     int stop_workers, stop_writer;
     touched_set touched;
+    uint64_t damage_marks[STORE_DAMAGE_MARKS]; /* damaged slices awaiting deletion */
+    unsigned next_mark;
 
     pthread_t workers[4];
     int n_workers;
@@ -177,6 +182,8 @@ int store_start_threads(tomo_store *s, tomo_error *err);
 void store_stop_threads(tomo_store *s);
 /* Queues the deletion of a damaged slice. */
 void store_queue_delete(tomo_store *s, int handle, int z);
+/* Forgets the damage mark of a slice whose deletion was committed (or abandoned). */
+void store_unmark_damaged(tomo_store *s, int handle, int z);
 void store_op_free(store_op *op);
 
 #endif

@@ -422,6 +422,9 @@ static void commit(tomo_store *s, writer_state *w, store_op *batch, int access)
         w->hits_saved = hits;
         w->misses_saved = misses;
     }
+    for (store_op *op = batch; op; op = op->next)
+        if (op->kind == OP_DELETE)
+            store_unmark_damaged(s, op->handle, op->z);
     atomic_fetch_add(&s->writes, (uint64_t)written);
     if (!w->unsynced)
         w->next_sync = mono_ms() + SYNC_MS;

@@ -545,7 +545,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         return;
     }
     *r = (read_request){req, st, v, INO_SLICE(ino), (uint64_t)off, size};
-    tomo_volume_get(st->vol, v, r->z, read_done, r);
+    tomo_volume_read(st->vol, v, r->z, r->offset, r->size, read_done, r);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)

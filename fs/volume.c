@@ -235,16 +235,23 @@ static tomo_slice *sink_lookup(void *ctx, int variant, int z)
 
 /* ---- the disk tier ---- */
 
-/* A decode from the store under way, and the requests waiting for it. */
+/* A read waiting for a slice that is being decoded from the store. */
 typedef struct load_waiter {
+    uint64_t chunks; /* leading chunks of the slice it needs */
     tomo_engine_done_fn done;
     void *arg;
     struct load_waiter *next;
 } load_waiter;
 
+/* A slice being decoded from the store, and the reads waiting for parts of it. */
 typedef struct load {
+    tomo_volume *vol;
     int variant;
     int z;
+    tomo_slice *slice; /* set once the store has it */
+    uint64_t n_chunks;
+    uint64_t ready;         /* leading chunks decoded and checked */
+    unsigned char *decoded; /* per chunk: chunks may finish out of order */
     load_waiter *waiters;
     struct load *next;
 } load;
@@ -296,7 +303,7 @@ static void start_store(tomo_volume *vol)
     }
 }
 
-/* Answers the requests that waited for a decode: with the slice, or by asking the engine. */
+/* Answers the reads that waited for a decode: with the slice, or by asking the engine. */
 static void answer_loaded(tomo_volume *vol, load_waiter *w, tomo_slice *slice, int variant, int z)
 {
     while (w) {
@@ -310,52 +317,126 @@ static void answer_loaded(tomo_volume *vol, load_waiter *w, tomo_slice *slice, i
     }
 }
 
-/*
- * The disk tier's part of tomo_volume_get. The kernel sends several reads of one file at once
- * (readahead), and each would otherwise decode the whole slice: the first decodes, the others
- * wait for it.
- */
-static void load_from_store(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done,
-                            void *arg)
+/* Leading chunks of a slice that a read of file bytes [offset, offset + length) needs. */
+static uint64_t chunks_needed(uint64_t offset, size_t length)
 {
-    struct tomo_volume_loads *l = vol->loads;
+    uint64_t end = offset + length;
+    if (end <= TOMO_TIFF_DATA_OFFSET)
+        return 0;
+    return (end - TOMO_TIFF_DATA_OFFSET + TOMO_STORE_CHUNK_BYTES - 1) / TOMO_STORE_CHUNK_BYTES;
+}
+
+/* Detaches the waiters whose chunks are all decoded. Called with the lock held. */
+static load_waiter *take_ready(load *l)
+{
+    load_waiter *ready = NULL, **pp = &l->waiters;
+    while (*pp) {
+        load_waiter *w = *pp;
+        if (l->slice && w->chunks <= l->ready) {
+            *pp = w->next;
+            w->next = ready;
+            ready = w;
+        } else {
+            pp = &w->next;
+        }
+    }
+    return ready;
+}
+
+/* Called by the store as chunks are verified: answers the reads they complete. */
+static void chunk_decoded(void *ctx, int chunk)
+{
+    load *l = ctx;
+    pthread_mutex_lock(&l->vol->loads->lock);
+    l->decoded[chunk] = 1;
+    while (l->ready < l->n_chunks && l->decoded[l->ready])
+        l->ready++;
+    load_waiter *w = take_ready(l);
+    pthread_mutex_unlock(&l->vol->loads->lock);
+    answer_loaded(l->vol, w, l->slice, l->variant, l->z);
+}
+
+/* Decodes the slice of `l` from the store; 1 when all of it was found intact. */
+static int decode_from_store(load *l)
+{
+    tomo_volume *vol = l->vol;
+    tomo_slice *slice = tomo_slice_new(l->variant, l->z, vol->variants[l->variant].size);
+    tomo_store_slice *r;
+    if (!slice || tomo_store_slice_open(vol->store, vol->store_handle[l->variant], l->z,
+                                        slice->size, &r) != 1) {
+        tomo_slice_unref(slice);
+        return 0;
+    }
+    uint64_t n = tomo_store_slice_chunks(r);
+    unsigned char *decoded = calloc(n ? n : 1, 1);
+    pthread_mutex_lock(&vol->loads->lock);
+    l->slice = slice;
+    l->n_chunks = n;
+    l->decoded = decoded;
+    load_waiter *header_only = take_ready(l);
+    pthread_mutex_unlock(&vol->loads->lock);
+    answer_loaded(vol, header_only, slice, l->variant, l->z);
+    int ok = tomo_store_slice_decode(r, slice->pixels, decoded ? chunk_decoded : NULL, l) == 0;
+    tomo_store_slice_close(r);
+    return ok;
+}
+
+/*
+ * The disk tier's part of tomo_volume_read. The kernel sends the first read of a file alone
+ * and the rest (readahead) once it is answered, several at a time: the first read is answered
+ * as soon as its chunks are decoded, the others join the decode under way and are answered
+ * chunk by chunk, so decoding and copying to the kernel overlap, and no slice is decoded twice.
+ */
+static void load_from_store(tomo_volume *vol, int variant, int z, uint64_t chunks,
+                            tomo_engine_done_fn done, void *arg)
+{
+    struct tomo_volume_loads *loads = vol->loads;
     load_waiter *w = malloc(sizeof *w);
-    load *mine = malloc(sizeof *mine);
+    load *mine = calloc(1, sizeof *mine);
     if (!w || !mine) {
         free(w);
         free(mine);
         tomo_engine_request(vol->engine, variant, z, done, arg);
         return;
     }
-    *w = (load_waiter){done, arg, NULL};
-    pthread_mutex_lock(&l->lock);
-    for (load *a = l->active; a; a = a->next)
-        if (a->variant == variant && a->z == z) {
-            w->next = a->waiters;
-            a->waiters = w;
-            pthread_mutex_unlock(&l->lock);
-            free(mine);
+    *w = (load_waiter){chunks, done, arg, NULL};
+    pthread_mutex_lock(&loads->lock);
+    for (load *a = loads->active; a; a = a->next) {
+        if (a->variant != variant || a->z != z)
+            continue;
+        free(mine);
+        if (a->slice && chunks <= a->ready) {
+            tomo_slice *slice = tomo_slice_ref(a->slice);
+            pthread_mutex_unlock(&loads->lock);
+            free(w);
+            done(arg, slice, NULL);
+            tomo_slice_unref(slice);
             return;
         }
-    *mine = (load){variant, z, w, l->active};
-    l->active = mine;
-    pthread_mutex_unlock(&l->lock);
+        w->next = a->waiters;
+        a->waiters = w;
+        pthread_mutex_unlock(&loads->lock);
+        return;
+    }
+    *mine = (load){.vol = vol, .variant = variant, .z = z, .waiters = w, .next = loads->active};
+    loads->active = mine;
+    pthread_mutex_unlock(&loads->lock);
 
-    tomo_slice *slice = tomo_slice_new(variant, z, vol->variants[variant].size);
-    int hit = slice && tomo_store_get(vol->store, vol->store_handle[variant], z, slice) == 1;
-    /* in the RAM tier before the load ends, so no later request decodes it again */
-    if (hit)
-        tomo_ram_cache_put(vol->ram, slice);
-
-    pthread_mutex_lock(&l->lock);
-    load **pp = &l->active;
+    int ok = decode_from_store(mine);
+    /* in the RAM tier before the load ends, so no later read decodes it again */
+    if (ok)
+        tomo_ram_cache_put(vol->ram, mine->slice);
+    pthread_mutex_lock(&loads->lock);
+    load **pp = &loads->active;
     while (*pp != mine)
         pp = &(*pp)->next;
     *pp = mine->next;
-    pthread_mutex_unlock(&l->lock);
-    answer_loaded(vol, mine->waiters, hit ? slice : NULL, variant, z);
+    load_waiter *rest = mine->waiters;
+    pthread_mutex_unlock(&loads->lock);
+    answer_loaded(vol, rest, ok ? mine->slice : NULL, variant, z);
+    tomo_slice_unref(mine->slice);
+    free(mine->decoded);
     free(mine);
-    tomo_slice_unref(slice);
 }
 
 int tomo_volume_start(tomo_volume *vol, tomo_error *err)
@@ -426,6 +507,12 @@ int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
 
 void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg)
 {
+    tomo_volume_read(vol, variant, z, 0, vol->variants[variant].file_size, done, arg);
+}
+
+void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, size_t length,
+                      tomo_engine_done_fn done, void *arg)
+{
     tomo_slice *slice = tomo_ram_cache_get(vol->ram, variant, z);
     if (slice) {
         done(arg, slice, NULL);
@@ -433,7 +520,7 @@ void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn d
         return;
     }
     if (vol->store && vol->store_handle[variant] >= 0)
-        load_from_store(vol, variant, z, done, arg);
+        load_from_store(vol, variant, z, chunks_needed(offset, length), done, arg);
     else
         tomo_engine_request(vol->engine, variant, z, done, arg);
 }

@@ -100,6 +100,14 @@ int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
 void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg);
 
 /*
+ * tomo_volume_get for a read of bytes [offset, offset + length) of the slice file. A slice
+ * decoded from the disk tier reaches `done` as soon as the pixels of that range are decoded,
+ * while the rest may still be decoding: `done` must use that range only.
+ */
+void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, size_t length,
+                      tomo_engine_done_fn done, void *arg);
+
+/*
  * Copies bytes [offset, offset + length) of the slice file into dst, from its header and
  * pixels. Returns the number of bytes copied (less than length only at the end of the file).
  */

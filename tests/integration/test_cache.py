@@ -38,6 +38,16 @@ def counter(m, key):
     return int(m.status()[key])
 
 
+def settled_status(m, key, want, timeout=5):
+    """The status once m.status()[key] == want; a read is answered before its decode is counted."""
+    deadline = time.time() + timeout
+    st = m.status()
+    while st[key] != want and time.time() < deadline:
+        time.sleep(0.02)
+        st = m.status()
+    return st
+
+
 def cache_stats(cache):
     out = run("cache", "stats", "--cache", cache).stdout
     entries = int(re.search(r"^entries: (\d+) slices", out, re.M).group(1))
@@ -75,7 +85,7 @@ def main():
         assert oct(os.stat(cache).st_mode & 0o777) == "0o700", "cache folder not private"
         with Mount(scan, "-o", f"cache={cache}") as m:
             same_as_export(read_all(m, ROWS), exported)
-            st = m.status()
+            st = settled_status(m, "cache_hits", str(ROWS))
             assert st["slices_computed"] == "0", st
             assert st["cache_hits"] == str(ROWS) and st["cache_misses"] == "0", st
             assert st["cache_damaged"] == "0", st

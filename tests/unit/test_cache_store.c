@@ -4,6 +4,7 @@
  * processes writing at once.
  */
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -305,6 +306,68 @@ static void test_damaged_chunk_is_never_served(void)
     remove_store(dir);
 }
 
+typedef struct progress_log {
+    pthread_mutex_t lock;
+    int calls[8];
+} progress_log;
+
+static void log_progress(void *ctx, int chunk)
+{
+    progress_log *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    if (chunk >= 0 && chunk < 8)
+        p->calls[chunk]++;
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void test_progressive_decode_reports_only_good_chunks(void)
+{
+    char *dir = temp_dir();
+    const char *id = "scan=7 variant=slices format=1";
+    tomo_store *s = open_store(dir, (uint64_t)1 << 30);
+    int h = add_variant(s, id);
+    tomo_slice *sl = noisy_slice(0, 1100, 11); /* 4.6 MiB: five chunks */
+    tomo_store_put(s, h, sl);
+    tomo_store_close(s);
+
+    s = open_store(dir, (uint64_t)1 << 30);
+    h = add_variant(s, id);
+    tomo_store_slice *r;
+    CHECK_INT(tomo_store_slice_open(s, h, 0, 1100, &r), 1);
+    CHECK_INT(tomo_store_slice_chunks(r), 5);
+    tomo_slice *out = tomo_slice_new(0, 0, 1100);
+    progress_log log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    CHECK_INT(tomo_store_slice_decode(r, out->pixels, log_progress, &log), 0);
+    tomo_store_slice_close(r);
+    for (int i = 0; i < 5; i++)
+        CHECK_INT(log.calls[i], 1);
+    CHECK(memcmp(out->pixels, sl->pixels, tomo_slice_bytes(sl)) == 0);
+    tomo_store_close(s);
+
+    damage_chunk(dir, key_of(id), 0, 3, 2000);
+    s = open_store(dir, (uint64_t)1 << 30);
+    h = add_variant(s, id);
+    memset(&log.calls, 0, sizeof log.calls);
+    CHECK_INT(tomo_store_slice_open(s, h, 0, 1100, &r), 1);
+    CHECK_INT(tomo_store_slice_decode(r, out->pixels, log_progress, &log), -1);
+    tomo_store_slice_close(r);
+    CHECK_INT(log.calls[3], 0);
+    CHECK(log.calls[0] == 1 && log.calls[1] == 1 && log.calls[2] == 1);
+    /* until the deletion is committed the slice is a plain miss, reported once */
+    CHECK_INT(tomo_store_slice_open(s, h, 0, 1100, &r), 0);
+    tomo_store_flush(s);
+    tomo_store_stats st;
+    tomo_store_get_stats(s, &st);
+    CHECK_INT(st.damaged, 1);
+    CHECK_INT(st.totals.slices, 0);
+    CHECK_INT(st.hits, 0);
+    CHECK_INT(st.misses, 2);
+    tomo_store_close(s);
+    tomo_slice_unref(out);
+    tomo_slice_unref(sl);
+    remove_store(dir);
+}
+
 static void test_other_parameters_are_a_miss(void)
 {
     char *dir = temp_dir();
@@ -511,6 +574,6 @@ static void test_unusable_folder_is_one_clear_error(void)
 
 TOMO_TEST_MAIN(test_shuffle_round_trip, test_crc32c_known_values, test_chunk_round_trip,
                test_store_round_trip, test_damaged_chunk_is_never_served,
-               test_other_parameters_are_a_miss, test_capacity_holds_under_churn,
-               test_two_processes_share_one_store, test_verify_repairs_and_clear_empties,
-               test_unusable_folder_is_one_clear_error)
+               test_progressive_decode_reports_only_good_chunks, test_other_parameters_are_a_miss,
+               test_capacity_holds_under_churn, test_two_processes_share_one_store,
+               test_verify_repairs_and_clear_empties, test_unusable_folder_is_one_clear_error)
