@@ -1,22 +1,105 @@
 #include "scan.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
+#include "dxchange.h"
+#include "h5io.h"
+#include "nxtomo.h"
 #include "spring8.h"
+#include "tiffseries.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Opening and reading                                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
+#define SCAN_KNOWN_FORMATS "auto, spring8, dxchange, nxtomo, tiff-series"
+
 static int not_a_scan(const char *path, const char *why, tomo_error *err)
 {
     return tomo_error_set(err, TOMO_E_FORMAT,
-                          "%s: not a recognised scan directory (%s; a SPring-8 scan holds "
-                          "output.log, dark.img or dark.tif, and q*.img or q*.tif frames)",
+                          "%s: not a recognised scan directory (%s; a scan is a SPring-8 "
+                          "directory with output.log, a directory of TIFF projections with "
+                          "flat*/dark* files and an angles file, or a DXchange or NXtomo HDF5 "
+                          "file)",
                           path, why);
+}
+
+static int ends_with_ci(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+/* The extensions under which HDF5 scans are found in a directory. */
+static int has_hdf5_extension(const char *name)
+{
+    static const char *const ext[] = {".h5", ".hdf5", ".hdf", ".nxs", ".nx"};
+    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) {
+        if (ends_with_ci(name, ext[i]))
+            return 1;
+    }
+    return 0;
+}
+
+/* .nxs is NeXus by name; any other HDF5 file is DXchange when it holds /exchange/data. */
+static int open_hdf5_detected(const char *path, tomo_scan **out, tomo_error *err)
+{
+    if (!ends_with_ci(path, ".nxs") && tomo_dxchange_detect(path))
+        return tomo_dxchange_open(path, out, err);
+    return tomo_nxtomo_open(path, out, err);
+}
+
+/* Detection reads HDF5 metadata too, so it belongs inside the dry run. */
+static int open_hdf5_file(const char *path, tomo_scan **out, tomo_error *err)
+{
+    return tomo_h5_open_checked(path, open_hdf5_detected, out, err);
+}
+
+/*
+ * The one HDF5 file of a directory, so that a folder holding a master file and the folder of
+ * its external links can be given as it is. 0 with name[0] == '\0' when there is none; more
+ * than one is an error, since picking one would be a guess.
+ */
+static int single_hdf5_file(const char *dir, char *path, size_t size, tomo_error *err)
+{
+    path[0] = '\0';
+    DIR *d = opendir(dir);
+    if (!d)
+        return tomo_error_set(err, TOMO_E_IO, "%s: cannot open directory: %s", dir,
+                              strerror(errno));
+    struct dirent *de;
+    char first[256] = "";
+    int rc = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.' || !has_hdf5_extension(de->d_name))
+            continue;
+        char candidate[4096];
+        int n = snprintf(candidate, sizeof candidate, "%s/%s", dir, de->d_name);
+        struct stat st;
+        if (n < 0 || (size_t)n >= sizeof candidate || stat(candidate, &st) < 0 ||
+            !S_ISREG(st.st_mode))
+            continue;
+        if (first[0]) {
+            rc = tomo_error_set(err, TOMO_E_FORMAT,
+                                "%s: holds several HDF5 files (%s, %s): give the file itself", dir,
+                                first, de->d_name);
+            break;
+        }
+        snprintf(first, sizeof first, "%s", de->d_name);
+        snprintf(path, size, "%s", candidate);
+    }
+    closedir(d);
+    if (rc < 0)
+        path[0] = '\0';
+    return rc;
 }
 
 static int open_detected(const char *path, tomo_scan **out, tomo_error *err)
@@ -24,11 +107,24 @@ static int open_detected(const char *path, tomo_scan **out, tomo_error *err)
     struct stat st;
     if (stat(path, &st) < 0)
         return tomo_error_set(err, TOMO_E_IO, "%s: %s", path, strerror(errno));
+    if (S_ISREG(st.st_mode)) {
+        if (has_hdf5_extension(path) || tomo_hdf5_file_detect(path))
+            return open_hdf5_file(path, out, err);
+        return not_a_scan(path, "not a directory, and not an HDF5 file", err);
+    }
     if (!S_ISDIR(st.st_mode))
         return not_a_scan(path, "not a directory", err);
-    if (!tomo_spring8_detect(path))
-        return not_a_scan(path, "no output.log", err);
-    return tomo_spring8_open(path, out, err);
+    if (tomo_spring8_detect(path))
+        return tomo_spring8_open(path, out, err);
+    if (tomo_tiffseries_detect(path))
+        return tomo_tiffseries_open(path, out, err);
+    char file[4096];
+    int rc = single_hdf5_file(path, file, sizeof file, err);
+    if (rc < 0)
+        return rc;
+    if (file[0])
+        return open_hdf5_file(file, out, err);
+    return not_a_scan(path, "no output.log, no TIFF series, no HDF5 file", err);
 }
 
 int tomo_scan_open(const char *path, const char *format, tomo_scan **out, tomo_error *err)
@@ -42,8 +138,14 @@ int tomo_scan_open(const char *path, const char *format, tomo_scan **out, tomo_e
         return open_detected(path, out, err);
     if (strcmp(format, "spring8") == 0)
         return tomo_spring8_open(path, out, err);
-    return tomo_error_set(err, TOMO_E_INVALID, "unknown format '%s' (known: auto, spring8)",
-                          format);
+    if (strcmp(format, "dxchange") == 0)
+        return tomo_h5_open_checked(path, tomo_dxchange_open, out, err);
+    if (strcmp(format, "nxtomo") == 0)
+        return tomo_h5_open_checked(path, tomo_nxtomo_open, out, err);
+    if (strcmp(format, "tiff-series") == 0)
+        return tomo_tiffseries_open(path, out, err);
+    return tomo_error_set(err, TOMO_E_INVALID, "unknown format '%s' (known: %s)", format,
+                          SCAN_KNOWN_FORMATS);
 }
 
 static int frame_count(const tomo_scan *scan, tomo_frame_kind kind)
@@ -103,6 +205,7 @@ void tomo_scan_close(tomo_scan *scan)
     free(scan->flat_time);
     free(scan->flat_group);
     free(scan->flat_frame);
+    free(scan->dark_frame);
     free(scan);
 }
 
@@ -289,4 +392,90 @@ void tomo_scan_sort_frames(tomo_scan *scan, int *flat_run)
     sort_entries(scan, flat_run, 0);
     sort_entries(scan, flat_run, 1);
     assign_flat_groups(scan, flat_run);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Helpers for readers                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+int tomo_angles_look_like_degrees(const double *angle, int n)
+{
+    double largest = 0.0;
+    for (int i = 0; i < n; i++) {
+        double a = fabs(angle[i]);
+        if (a > largest) /* false for NaN */
+            largest = a;
+    }
+    return largest > 2.0 * M_PI + 0.1;
+}
+
+int tomo_angle_unit_from_name(const char *units)
+{
+    if (!units)
+        return -1;
+    while (*units == ' ' || *units == '\t')
+        units++;
+    size_t n = strlen(units);
+    while (n > 0 && (units[n - 1] == ' ' || units[n - 1] == '\t' || units[n - 1] == '\n'))
+        n--;
+    static const char *const deg[] = {"deg", "degree", "degrees"};
+    static const char *const rad[] = {"rad", "radian", "radians"};
+    for (int i = 0; i < 3; i++) {
+        if (strlen(deg[i]) == n && strncasecmp(units, deg[i], n) == 0)
+            return 1;
+        if (strlen(rad[i]) == n && strncasecmp(units, rad[i], n) == 0)
+            return 0;
+    }
+    return -1;
+}
+
+void tomo_angles_to_degrees(double *angle, int n, const char *units, char *how, size_t how_size)
+{
+    int unit = units && *units ? tomo_angle_unit_from_name(units) : -1;
+    double largest = 0.0;
+    for (int i = 0; i < n; i++)
+        largest = fabs(angle[i]) > largest ? fabs(angle[i]) : largest;
+    if (unit >= 0) {
+        snprintf(how, how_size, "%s (units attribute '%s')", unit ? "degrees" : "radians", units);
+    } else {
+        unit = tomo_angles_look_like_degrees(angle, n);
+        snprintf(how, how_size, "%s (%s; largest |angle| %.4g %s 2 pi + 0.1)",
+                 unit ? "degrees" : "radians",
+                 units && *units ? "units attribute not an angle unit" : "no unit stated", largest,
+                 unit ? ">" : "<=");
+        if (units && *units) {
+            size_t k = strlen(how);
+            snprintf(how + k, how_size - k, " [ignored units '%s']", units);
+        }
+    }
+    if (!unit) {
+        for (int i = 0; i < n; i++)
+            angle[i] *= 180.0 / M_PI;
+    }
+}
+
+void tomo_scan_text(char *buf, size_t size, const char *fmt, ...)
+{
+    if (size == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+}
+
+void tomo_scan_add_source(tomo_scan *scan, const char *fmt, ...)
+{
+    size_t used = strlen(scan->source);
+    size_t cap = sizeof scan->source;
+    if (used > 0 && used + 2 < cap) {
+        memcpy(scan->source + used, "; ", 3);
+        used += 2;
+    }
+    if (used + 1 >= cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(scan->source + used, cap - used, fmt, ap);
+    va_end(ap);
 }

@@ -13,6 +13,7 @@
 #ifndef TOMO_SCAN_H
 #define TOMO_SCAN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../common/error.h"
@@ -41,7 +42,8 @@ typedef struct tomo_scan_reader_ops {
 
 typedef struct tomo_scan {
     char path[4096]; /* the directory or file that was opened */
-    char format[32]; /* "spring8-img", "spring8-tif", ... */
+    char format[32]; /* "spring8-img", "spring8-tif", "spring8-his", "dxchange", "nxtomo",
+                        "tiff-series" */
     int width;       /* detector columns, N */
     int rows;        /* detector rows = number of slices */
     int n_proj;      /* projections */
@@ -61,12 +63,42 @@ typedef struct tomo_scan {
 
     const tomo_scan_reader_ops *ops;
     void *reader;
+
+    /* ---- What the reader found, for reports (tomofs info, scan.json). ---- */
+
+    /* Files and datasets read, with their sample type and shape, "; "-separated. */
+    char source[1024];
+    /* Where the angles came from and how their unit was decided. */
+    char angle_source[512];
+    /*
+     * What proj_time and flat_time count: "log time" (output.log's time column), "frame
+     * index" (position in the acquisition, NXtomo) or "none" (no timing known: every flat is
+     * in group 0).
+     */
+    char time_basis[32];
+    /*
+     * [n_dark] where each dark frame sits in the source (the frame index of NXtomo, the
+     * position in /exchange/data_dark, the number in a dark file's name), ascending; NULL when
+     * the dark is one pre-averaged file. Freed by tomo_scan_close().
+     */
+    int *dark_frame;
 } tomo_scan;
 
 /*
- * Opens the scan at `path`. `format` selects a reader by name ("spring8"); NULL or "auto"
- * detects it from the directory contents. On failure *out is NULL, err names the file and the
- * problem, and a negative TOMO_E_* code is returned.
+ * Opens the scan at `path`, a directory or a file. `format` selects a reader by name:
+ * "spring8" (output.log with HiPic .img, .his or TIFF frames), "dxchange" (APS Data Exchange
+ * HDF5), "nxtomo" (NeXus NXtomo HDF5) or "tiff-series" (a directory of TIFF projections, flats,
+ * darks and an angles file). NULL or "auto" detects it:
+ *   - a file ending in .h5, .hdf5, .hdf, .nxs or .nx: DXchange when it holds /exchange/data,
+ *     otherwise NXtomo;
+ *   - a directory with output.log: SPring-8;
+ *   - a directory with TIFF files and an angles file, or TIFF files named flat* or dark*: a
+ *     TIFF series;
+ *   - a directory holding exactly one HDF5 file (by the extensions above): that file.
+ * HDF5 files are opened after a dry run in a child process, which turns a crash of libhdf5 on
+ * a damaged file into an error (tomo_h5_open_checked). docs/formats.md says what each reader
+ * reads from where. On failure *out is NULL, err names the file (and dataset) and the problem,
+ * and a negative TOMO_E_* code is returned.
  */
 int tomo_scan_open(const char *path, const char *format, tomo_scan **out, tomo_error *err);
 
@@ -89,5 +121,37 @@ tomo_scan *tomo_scan_alloc(int n_proj, int n_flat);
  * frames it was acquired in. Both arrays are permuted together with the frames.
  */
 void tomo_scan_sort_frames(tomo_scan *scan, int *flat_run);
+
+/*
+ * For readers: the unit of angles read without a unit attribute. Returns 1 (degrees) when the
+ * largest |angle| exceeds 2 pi + 0.1, else 0 (radians): a scan in radians never exceeds
+ * 2 pi, and one in degrees whose angles all stay within +-6.38 degrees cannot be
+ * reconstructed anyway. NaN entries are ignored.
+ */
+int tomo_angles_look_like_degrees(const double *angle, int n);
+
+/*
+ * For readers: the unit named by a "units" attribute: 1 for degrees ("deg", "degree",
+ * "degrees"), 0 for radians ("rad", "radian", "radians"), -1 for anything else (case and
+ * surrounding blanks ignored).
+ */
+int tomo_angle_unit_from_name(const char *units);
+
+/*
+ * For readers: converts n angles read from a file to degrees, in place. `units` is the file's
+ * unit attribute, NULL or "" when there is none: a name tomo_angle_unit_from_name() knows
+ * decides; otherwise (no attribute, or an unknown name) tomo_angles_look_like_degrees()
+ * decides. `how` receives one phrase saying which, for tomo_scan.angle_source.
+ */
+void tomo_angles_to_degrees(double *angle, int n, const char *units, char *how, size_t how_size);
+
+/* For readers: printf into a fixed buffer, cutting what does not fit. */
+void tomo_scan_text(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* For readers: appends printf-style text to scan->source, separated from earlier text by
+ * "; ". Text that does not fit is cut. */
+void tomo_scan_add_source(tomo_scan *scan, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 #endif

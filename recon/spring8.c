@@ -5,8 +5,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +15,8 @@
 #include <tiffio.h>
 
 #include "../common/hash.h"
+#include "his.h"
+#include "tiffframe.h"
 
 #define S8_PATH_MAX 4096
 
@@ -379,54 +379,10 @@ static int check_hipic_frame(const char *path, int64_t size, int *width, int *he
 /* 16-bit TIFF                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The last libtiff complaint of this thread, to explain a failed call. */
-static _Thread_local char tiff_message[256];
-
-static void tiff_capture_error(const char *module, const char *fmt, va_list ap)
-{
-    (void)module;
-    vsnprintf(tiff_message, sizeof tiff_message, fmt, ap);
-}
-
-static void tiff_drop_warning(const char *module, const char *fmt, va_list ap)
-{
-    (void)module;
-    (void)fmt;
-    (void)ap;
-}
-
-static pthread_once_t tiff_handlers_once = PTHREAD_ONCE_INIT;
-
-/* libtiff would print to stderr, which a FUSE daemon must not do. */
-static void tiff_install_handlers(void)
-{
-    TIFFSetErrorHandler(tiff_capture_error);
-    TIFFSetWarningHandler(tiff_drop_warning);
-}
-
-static const char *tiff_reason(void)
-{
-    return tiff_message[0] ? tiff_message : "libtiff could not read it";
-}
-
-/* Opens a TIFF for reading; the descriptor is also usable with pread via TIFFFileno. */
+/* libtiff's messages are captured by tiffframe.c, shared with the TIFF-series reader. */
 static int tiff_open(const char *path, TIFF **out, tomo_error *err)
 {
-    pthread_once(&tiff_handlers_once, tiff_install_handlers);
-    *out = NULL;
-    int fd = open_for_reading(path, err);
-    if (fd < 0)
-        return fd;
-    tiff_message[0] = '\0';
-    /* 'm': no mmap per call; 'O': load only the strip entries that are used. */
-    TIFF *tif = TIFFFdOpen(fd, path, "rmO");
-    if (!tif) {
-        close(fd);
-        return tomo_error_set(err, TOMO_E_FORMAT, "%s: not a readable TIFF: %s", path,
-                              tiff_reason());
-    }
-    *out = tif;
-    return 0;
+    return tomo_tiff_open(path, out, err);
 }
 
 /* Checks that the open TIFF holds one 16-bit grey image in strips; gives its size. */
@@ -507,6 +463,7 @@ typedef struct s8_reader {
     int *flat_frame; /* [n_flat] */
     int n_proj;
     int n_flat;
+    tomo_his *his; /* the frames' stream when they come from a .his file, else NULL */
 } s8_reader;
 
 static void s8_close(void *reader)
@@ -520,6 +477,10 @@ static void s8_close(void *reader)
     free(r->frames);
     free(r->proj_frame);
     free(r->flat_frame);
+    if (r->his) {
+        tomo_his_close(r->his);
+        free(r->his);
+    }
     free(r);
 }
 
@@ -684,12 +645,12 @@ static int read_tif_strips(TIFF *tif, const char *path, const strip_band *b, int
         return tomo_error_set(err, TOMO_E_NOMEM, "%s: cannot allocate a strip buffer", path);
     int rc = 0;
     for (uint32_t s = b->first; s <= b->last && rc == 0; s++) {
-        tiff_message[0] = '\0';
+        tomo_tiff_clear_reason();
         tmsize_t got = TIFFReadEncodedStrip(tif, s, buf, strip_size);
         uint32_t n_rows = rows_in_strip(b, s, height);
         if (got < 0 || (uint64_t)got < (uint64_t)n_rows * 2u * (uint64_t)width) {
             rc = tomo_error_set(err, TOMO_E_IO, "%s: cannot decode strip %u: %s", path, (unsigned)s,
-                                got < 0 ? tiff_reason() : "strip too short");
+                                got < 0 ? tomo_tiff_reason() : "strip too short");
             break;
         }
         int strip_row = (int)(s * b->rows_per_strip);
@@ -741,6 +702,9 @@ static int s8_read_rows(void *reader, tomo_frame_kind kind, int index, int z0, i
     if (z0 < 0 || nz <= 0 || z0 > r->height - nz)
         return tomo_error_set(err, TOMO_E_INTERNAL, "%s: rows [%d, %d) outside 0..%d", f->path, z0,
                               z0 + nz, r->height);
+    /* A stream's frame numbers are output.log's, counted from 1 in the file. */
+    if (r->his && kind != TOMO_FRAME_DARK)
+        return tomo_his_read_rows(r->his, f->number, z0, nz, dst, err);
     return r->tiff ? read_tif_rows(r, f, z0, nz, dst, err) : read_img_rows(r, f, z0, nz, dst, err);
 }
 
@@ -1052,6 +1016,78 @@ static int match_frames(s8_open *o, tomo_error *err)
     return 0;
 }
 
+/*
+ * The .his stream of a directory without q* frames. Returns 1 when there is none, 0 with
+ * `name` filled when there is exactly one.
+ */
+static int find_his(s8_open *o, char name[256], tomo_error *err)
+{
+    int found = 0;
+    struct dirent *de;
+    rewinddir(o->d);
+    while ((de = readdir(o->d)) != NULL) {
+        size_t n = strlen(de->d_name);
+        struct stat st;
+        if (n >= 256 || !ends_with_ci(de->d_name, n, ".his") ||
+            fstatat(dirfd(o->d), de->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (found++)
+            return tomo_error_set(err, TOMO_E_FORMAT,
+                                  "%s: no q* frames, and several .his streams (%s, %s): keep one",
+                                  o->dir, name, de->d_name);
+        memcpy(name, de->d_name, n + 1);
+    }
+    return found ? 0 : 1;
+}
+
+/*
+ * Takes every frame output.log lists from the directory's .his stream, frame number k being
+ * the k-th frame of the stream. Returns 1 when there is no stream (the caller then reports the
+ * missing q* files), 0 when the frames are set, or an error.
+ */
+static int open_his_frames(s8_open *o, tomo_error *err)
+{
+    s8_reader *r = o->r;
+    char name[256], path[S8_PATH_MAX];
+    int rc = find_his(o, name, err);
+    if (rc != 0)
+        return rc;
+    if ((rc = join_path(path, o->dir, name, err)) < 0)
+        return rc;
+    r->his = calloc(1, sizeof *r->his);
+    if (!r->his)
+        return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory", path);
+    r->his->fd = -1;
+    if ((rc = tomo_his_open(path, r->his, err)) < 0)
+        return rc;
+    if (r->his->width != r->width || r->his->height != r->height)
+        return tomo_error_set(err, TOMO_E_FORMAT, "%s: frames are %dx%d, expected %dx%d like %s",
+                              path, r->his->width, r->his->height, r->width, r->height,
+                              o->dark_name);
+    r->frames = calloc((size_t)o->n_log, sizeof *r->frames);
+    if (!r->frames)
+        return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory", o->dir);
+    for (int i = 0; i < o->n_log; i++) {
+        int number = o->log[i].frame;
+        if (number < 1 || number > r->his->frames)
+            return tomo_error_set(err, TOMO_E_FORMAT,
+                                  "%s lists frame %d but %s holds frames 1-%lld", o->log_path,
+                                  number, name, (long long)r->his->frames);
+        s8_frame *f = &r->frames[r->n_frames++];
+        f->number = number;
+        f->path = strdup(path);
+        if (!f->path)
+            return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory", path);
+    }
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return tomo_error_set(err, TOMO_E_IO, "%s: cannot stat: %s", path, strerror(errno));
+    uint64_t h = tomo_hash_bytes(TOMO_HASH_INIT, o->log_text, o->log_len);
+    h = hash_file_identity(h, o->dark_name, &o->dark_st);
+    o->fingerprint = hash_file_identity(h, name, &st);
+    return 0;
+}
+
 static int is_sampled(int i, int n)
 {
     return i % S8_SAMPLE_STRIDE == 0 || i == n - 1;
@@ -1172,6 +1208,26 @@ static int map_reader_frames(s8_reader *r, const tomo_scan *scan, tomo_error *er
     return 0;
 }
 
+static void describe_scan(const s8_open *o, tomo_scan *scan)
+{
+    const s8_reader *r = o->r;
+    tomo_scan_add_source(scan, "output.log: %d frames (%d projections, %d flats in %d groups)",
+                         o->n_log, scan->n_proj, scan->n_flat, scan->n_flat_groups);
+    tomo_scan_add_source(scan, "%s: one dark, averaged beforehand", o->dark_name);
+    if (r->his) {
+        static const char *const type_name[] = {"8-bit", "", "16-bit", "", "", "", "12-bit packed"};
+        const char *slash = strrchr(r->his->path, '/');
+        tomo_scan_add_source(scan, "%s: HiPic stream of %lld %s frames",
+                             slash ? slash + 1 : r->his->path, (long long)r->his->frames,
+                             type_name[r->his->type]);
+    } else {
+        tomo_scan_add_source(scan, "q*.%s frames (%s)", r->tiff ? "tif" : "img",
+                             r->tiff ? "16-bit TIFF" : "HiPic 16-bit");
+    }
+    snprintf(scan->angle_source, sizeof scan->angle_source, "output.log angle column (degrees)");
+    snprintf(scan->time_basis, sizeof scan->time_basis, "log time");
+}
+
 static int build_scan(s8_open *o, int n_proj, int n_flat, tomo_scan **out, tomo_error *err)
 {
     tomo_scan *scan = tomo_scan_alloc(n_proj, n_flat);
@@ -1182,7 +1238,10 @@ static int build_scan(s8_open *o, int n_proj, int n_flat, tomo_scan **out, tomo_
         return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory", o->dir);
     }
     snprintf(scan->path, sizeof scan->path, "%s", o->dir);
-    snprintf(scan->format, sizeof scan->format, "%s", o->r->tiff ? "spring8-tif" : "spring8-img");
+    snprintf(scan->format, sizeof scan->format, "%s",
+             o->r->his    ? "spring8-his"
+             : o->r->tiff ? "spring8-tif"
+                          : "spring8-img");
     scan->width = o->r->width;
     scan->rows = o->r->height;
     scan->n_dark = 1;
@@ -1197,6 +1256,7 @@ static int build_scan(s8_open *o, int n_proj, int n_flat, tomo_scan **out, tomo_
         tomo_scan_close(scan);
         return rc;
     }
+    describe_scan(o, scan);
     scan->ops = &s8_ops;
     scan->reader = o->r;
     o->r = NULL;
@@ -1232,8 +1292,16 @@ static int open_steps(s8_open *o, const char *dir, tomo_scan **out, tomo_error *
     if (!o->d)
         return tomo_error_set(err, TOMO_E_IO, "%s: cannot open directory: %s", o->dir,
                               strerror(errno));
-    if ((rc = list_frame_files(o->d, o->dir, o->r->tiff, &o->listing, err)) < 0 ||
-        (rc = match_frames(o, err)) < 0)
+    if ((rc = list_frame_files(o->d, o->dir, o->r->tiff, &o->listing, err)) < 0)
+        return rc;
+    if (o->listing.count == 0) {
+        rc = open_his_frames(o, err);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return build_scan(o, n_proj, n_flat, out, err);
+    }
+    if ((rc = match_frames(o, err)) < 0)
         return rc;
     rc = o->r->tiff ? check_tif_frames(o, err) : check_img_frames(o, err);
     if (rc < 0)

@@ -4,6 +4,8 @@
  *   SCAN/output.log     one line per frame: "number time angle flag", flag 0 = flat, 1 = projection
  *   SCAN/dark.img|tif   one dark frame, already averaged (.img preferred when both exist)
  *   SCAN/q<number>.img  HiPic frames, or q<number>.tif 16-bit TIFF frames; any digit count
+ *   SCAN/<name>.his     or, when there are no q* frames, one HiPic stream holding them all:
+ *                       frame k of output.log is the k-th frame of the stream (see his.h)
  *
  * Frames in the directory that output.log does not list are ignored; a frame that the log
  * lists but that is missing, truncated or of another size is an error at open.
