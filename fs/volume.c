@@ -22,6 +22,8 @@ void tomo_volume_options_default(tomo_volume_options *opts)
     opts->max_chunk = 32;
     opts->device = TOMO_DEVICE_AUTO;
     opts->precision = TOMO_PRECISION_FAST;
+    tomo_rings_params_default(&opts->rings);
+    opts->rings.method = TOMO_RINGS_SORT;
 }
 
 /* ---- a growing text buffer for scan.json ---- */
@@ -207,7 +209,16 @@ int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tom
     rc = tomo_recon_resolve(vol->scan, &params, err);
     if (rc < 0)
         goto fail;
+    tomo_rings_params_default(&params.rings);
     add_variant(vol, "slices", &params);
+    if (opts->rings.method != TOMO_RINGS_NONE) {
+        tomo_recon_params with_rings = params;
+        with_rings.rings = opts->rings;
+        rc = tomo_recon_resolve(vol->scan, &with_rings, err);
+        if (rc < 0)
+            goto fail;
+        add_variant(vol, "rings-removed", &with_rings);
+    }
     vol->name_digits = digits_of(vol->scan->rows - 1) > 5 ? digits_of(vol->scan->rows - 1) : 5;
     rc = build_scan_json(vol, err);
     if (rc < 0)

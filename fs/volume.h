@@ -24,6 +24,7 @@
 typedef struct tomo_volume_options {
     char format[32];          /* scan format name; empty = detect */
     tomo_recon_params params; /* filter, centre (NaN = auto), pixel size, pad, bin, prep */
+    tomo_rings_params rings;  /* ring removal of rings-removed/ (method NONE: no such folder) */
     uint64_t ram_cache_bytes; /* RAM tier budget */
     char cache_dir[4096];     /* disk tier folder; empty = default (absolute once opened) */
     int cache_off;            /* 1: no disk tier (-o cache=none) */

@@ -26,6 +26,14 @@ const char tomo_options_help[] =
     "  no_cache               the same as cache=none\n"
     "  threads=N              CPU threads (default: all)\n"
     "  max_chunk=N            most slices reconstructed together (default 32)\n"
+    "  rings=sort|all|large|dead|none  ring removal of rings-removed/ (default sort: Vo's\n"
+    "                         algorithm 3; all: dead, large, then sorting; none: no folder)\n"
+    "  ring_size=N|auto       median width of the sorting step (default auto: 21 for detectors\n"
+    "                         wider than 2000 columns, 1 % of the width otherwise, at least 5)\n"
+    "  ring_dim=1|2           median along the detector (1) or over size x size (2)\n"
+    "  ring_snr=R, ring_la_size=N, ring_sm_size=N, ring_drop_ratio=R\n"
+    "                         detection ratio, large-stripe median width, final sorting width and\n"
+    "                         dropped share for rings=all/large/dead (defaults 3, 51, 21, 0.1)\n"
     "  device=auto|cpu|cuda:N where to reconstruct (default auto: the first GPU, else the CPU)\n"
     "  precision=fast|exact   GPU back-projection: fast packs eight slices in fp16 with fp32\n"
     "                         sums (relative RMS ~1e-4), exact is fp32 throughout (default fast)\n";
@@ -113,6 +121,17 @@ static int apply_cache_dir(const char *value, tomo_volume_options *opts)
 static int apply(const char *key, const char *value, tomo_volume_options *opts)
 {
     tomo_recon_params *p = &opts->params;
+    if (value) {
+        tomo_error err;
+        tomo_error_clear(&err);
+        int r = tomo_rings_parse_option(&opts->rings, key, value, &err);
+        if (r < 0) {
+            fprintf(stderr, "tomofs: %s\n", err.message);
+            return -1;
+        }
+        if (r == 0)
+            return 0;
+    }
     if (strcmp(key, "no_cache") == 0 && !value) {
         opts->cache_off = 1;
         return 0;

@@ -37,7 +37,8 @@ def main():
 
     with Mount(scan) as m:
         def listing():
-            assert sorted(os.listdir(m.dir)) == [".tomofs", "denoised", "scan.json", "slices"]
+            assert sorted(os.listdir(m.dir)) == [".tomofs", "denoised", "rings-removed", "scan.json",
+                                               "slices"]
             assert os.listdir(m.path("slices")) == slice_names(ROWS)  # numeric order
             assert os.listdir(m.path("denoised")) == ["README.txt"]
             assert "train" in open(m.path("denoised", "README.txt")).read()
@@ -88,8 +89,19 @@ def main():
                 else:
                     raise AssertionError("a write succeeded")
 
+        def rings_removed_folder():
+            out = os.path.join(tmp, "export-rings")
+            run("export", scan, out, "--variant", "rings-removed", "--range", "3:5")
+            info = json.load(open(m.path("scan.json")))
+            assert info["variants"]["rings-removed"]["parameters"].endswith("ring_dim=1"), info
+            for name in ["slice_00003.tif", "slice_00004.tif"]:
+                served = open(m.path("rings-removed", name), "rb").read()
+                assert served == open(os.path.join(out, name), "rb").read(), name
+                assert served != open(m.path("slices", name), "rb").read(), name
+
         r.check("listing and scan.json", listing)
         r.check("metadata never computes", metadata_never_computes)
+        r.check("rings-removed/ serves what export writes for that variant", rings_removed_folder)
         r.check("st_size equals the bytes served, which equal export", sizes_equal_bytes_and_export)
         r.check("cp -r and tifffile read every slice", cp_and_tifffile)
         r.check("slices can be memory-mapped", memory_mapping)
