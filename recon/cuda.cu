@@ -8,6 +8,9 @@
  * Per group, on the compute stream:
  *   normalise      raw counts -> absorbance, clipped pixels counted per projection line
  *   black lines    lines with too many clipped pixels replaced by the mean good line
+ *   rings          (rings-removed/) Vo's algorithm 3: every column sorted along the angles by
+ *                  a stable segmented sort, a median across the detector on the sorted image,
+ *                  every value written back to its row
  *   filter         per slice: pad (edge or zero, as the CPU), cuFFT R2C, times the CPU's
  *                  spectrum, C2R
  *   tables         per view the (w q[i-1], w q[i] - w q[i-1]) pairs the CPU back-projector
@@ -19,6 +22,7 @@ extern "C" {
 #include "cuda.h"
 }
 
+#include <cub/device/device_segmented_sort.cuh>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cufft.h>
@@ -42,11 +46,11 @@ struct tomo_cuda {
     float *h_images; /* pinned [max_rows][S][S] */
 
     float *d_raw;                 /* [max_rows][M][N], normalised in place */
-    float *d_dark;                /* [max_rows][N] */
-    float *d_flats;               /* [G][max_rows][N] */
+    double *d_dark;               /* [max_rows][N] */
+    double *d_flats;              /* [G][max_rows][N] */
     int *d_flat_a;                /* [M] */
     int *d_flat_b;                /* [M] */
-    float *d_flat_w;              /* [M] */
+    double *d_flat_w;             /* [M] */
     int *d_clipped;               /* [max_rows][M] */
     unsigned long long *d_counts; /* [0] clipped pixels, [1] black lines */
     float *d_padded;              /* [M][L] */
@@ -60,6 +64,11 @@ struct tomo_cuda {
     float *d_images;              /* [max_rows][S][S] */
     float *d_xs;                  /* [S] pixel X */
     float *d_ys;                  /* [S] pixel Y */
+    /* ring removal: column-major keys and rows, sorted copies, segment offsets */
+    float *d_keys, *d_keys_sorted;
+    int *d_rows, *d_rows_sorted, *d_offsets;
+    void *d_sort_temp;
+    size_t sort_temp_bytes;
     cufftHandle r2c, c2r;
     int have_r2c, have_c2r;
     int block_x; /* back-projection thread block: block_x x (256 / block_x) pixels */
@@ -113,8 +122,8 @@ int tomo_cuda_device_count(char *name, size_t name_size)
 /* Kernels                                                                                     */
 
 /* Raw counts -> absorbance, in place; counts clipped pixels per projection line. */
-__global__ void normalise_kernel(float *raw, const float *dark, const float *flats,
-                                 const int *flat_a, const int *flat_b, const float *flat_w,
+__global__ void normalise_kernel(float *raw, const double *dark, const double *flats,
+                                 const int *flat_a, const int *flat_b, const double *flat_w,
                                  int *clipped, int nz_total, int z0, int n, int m_count,
                                  float floor_counts)
 {
@@ -132,8 +141,9 @@ __global__ void normalise_kernel(float *raw, const float *dark, const float *fla
     double w = flat_w[m];
     double ga = flats[flat_a[m] * group_stride + ref];
     double gb = flats[flat_b[m] * group_stride + ref];
-    double i0 = (1.0 - w) * ga + w * gb - d;
-    double num = (double)raw[at] - d;
+    /* the CPU's operations in the CPU's order, without fused multiply-adds */
+    double i0 = __dsub_rn(__dadd_rn(__dmul_rn(1.0 - w, ga), __dmul_rn(w, gb)), d);
+    double num = __dsub_rn((double)raw[at], d);
     int clip = 0;
     if (!(num >= floor_counts)) {
         num = floor_counts;
@@ -256,6 +266,146 @@ __global__ void pack_kernel(const float *filtered, int L, int n, int m_count, co
     unsigned int bits = *reinterpret_cast<unsigned int *>(&h);
     unsigned int *word = reinterpret_cast<unsigned int *>(&packed[2 * idx + s / 4]);
     word[s % 4] = bits;
+}
+
+/* ---- ring removal (algorithm 3) ---- */
+
+/* SciPy's 'reflect' extension (half-sample symmetric), repeated for any distance. */
+__device__ __forceinline__ int reflect(int i, int n)
+{
+    if (i >= 0 && i < n)
+        return i;
+    int period = 2 * n;
+    i %= period;
+    if (i < 0)
+        i += period;
+    return i < n ? i : period - 1 - i;
+}
+
+/* Sinogram [M][N] -> column-major keys [N][M] and their rows, through a shared tile. */
+__global__ void transpose_kernel(const float *sino, int m_count, int n, float *keys, int *rows)
+{
+    __shared__ float tile[32][33];
+    int x = blockIdx.x * 32 + threadIdx.x, m = blockIdx.y * 32 + threadIdx.y;
+    for (int k = 0; k < 32; k += 8)
+        if (x < n && m + k < m_count)
+            tile[threadIdx.y + k][threadIdx.x] = sino[(long)(m + k) * n + x];
+    __syncthreads();
+    int mm = blockIdx.y * 32 + threadIdx.x, xx = blockIdx.x * 32 + threadIdx.y;
+    for (int k = 0; k < 32; k += 8)
+        if (mm < m_count && xx + k < n) {
+            keys[(long)(xx + k) * m_count + mm] = tile[threadIdx.x][threadIdx.y + k];
+            rows[(long)(xx + k) * m_count + mm] = mm;
+        }
+}
+
+__global__ void offsets_kernel(int *offsets, int n, int m_count)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n)
+        offsets[i] = i * m_count;
+}
+
+/* The element of rank k of w[0..n) (quickselect; w is reordered). */
+__device__ float select_rank(float *w, int n, int k)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = w[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (w[i] < pivot)
+                i++;
+            while (w[j] > pivot)
+                j--;
+            if (i <= j) {
+                float t = w[i];
+                w[i] = w[j];
+                w[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return w[k];
+    }
+    return w[k];
+}
+
+#define RINGS_MAX_WINDOW 256
+
+/*
+ * The element of rank `rank` among `count` <= K values, by a bitonic sorting network whose
+ * indices are all known at compile time, so the window stays in registers.
+ */
+template <int K> __device__ __forceinline__ float network_rank(float (&w)[K], int rank)
+{
+#pragma unroll
+    for (int k = 2; k <= K; k <<= 1)
+#pragma unroll
+        for (int j = k >> 1; j > 0; j >>= 1)
+#pragma unroll
+            for (int i = 0; i < K; i++) {
+                int l = i ^ j;
+                if (l > i) {
+                    float a = w[i], b = w[l];
+                    bool ascending = (i & k) == 0;
+                    w[i] = ascending ? fminf(a, b) : fmaxf(a, b);
+                    w[l] = ascending ? fmaxf(a, b) : fminf(a, b);
+                }
+            }
+    float found = w[0];
+#pragma unroll
+    for (int i = 0; i < K; i++)
+        if (i == rank)
+            found = w[i];
+    return found;
+}
+
+/* rings_median_kernel for dim 1 and size <= K: the window sorted in registers. */
+template <int K>
+__global__ void rings_median_small_kernel(const float *keys, const int *rows, int m_count, int n,
+                                          int size, float *sino)
+{
+    int r = blockIdx.x * blockDim.x + threadIdx.x, x = blockIdx.y;
+    if (r >= m_count)
+        return;
+    float w[K];
+    int hl = size / 2;
+#pragma unroll
+    for (int q = 0; q < K; q++)
+        w[q] = q < size ? keys[(long)reflect(x - hl + q, n) * m_count + r] : INFINITY;
+    int row = rows[(long)x * m_count + r];
+    sino[(long)row * n + x] = network_rank<K>(w, size / 2);
+}
+
+/*
+ * Median of the sorted image over a window of `size` columns (dim 1) or size x size (dim 2)
+ * around (rank r, column x), written back to the sinogram at the row the value of rank r in
+ * column x came from. Threads run along the ranks, so loads are coalesced.
+ */
+__global__ void rings_median_kernel(const float *keys, const int *rows, int m_count, int n,
+                                    int size, int dim, float *sino)
+{
+    int r = blockIdx.x * blockDim.x + threadIdx.x, x = blockIdx.y;
+    if (r >= m_count)
+        return;
+    float w[RINGS_MAX_WINDOW];
+    int hl = size / 2, count = 0;
+    int ranks = dim == 2 ? size : 1;
+    int rank_lo = dim == 2 ? r - hl : r;
+    for (int q = 0; q < size; q++) {
+        const float *column = keys + (long)reflect(x - hl + q, n) * m_count;
+        for (int p = 0; p < ranks; p++)
+            w[count++] = column[reflect(rank_lo + p, m_count)];
+    }
+    float median = select_rank(w, count, count / 2);
+    int row = rows[(long)x * m_count + r];
+    sino[(long)row * n + x] = median;
 }
 
 /* Detector position plus one, clamped, as the CPU computes it (no fused multiply-add). */
@@ -416,11 +566,11 @@ int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error
     TRY(cudaMallocHost((void **)&c->h_raw, rows * NM * sizeof(float)), "pinned raw buffer");
     TRY(cudaMallocHost((void **)&c->h_images, rows * SS * sizeof(float)), "pinned image buffer");
     TRY(cudaMalloc((void **)&c->d_raw, rows * NM * sizeof(float)), "raw rows");
-    TRY(cudaMalloc((void **)&c->d_dark, (size_t)rows * c->N * sizeof(float)), "dark rows");
-    TRY(cudaMalloc((void **)&c->d_flats, (size_t)c->G * rows * c->N * sizeof(float)), "flat rows");
+    TRY(cudaMalloc((void **)&c->d_dark, (size_t)rows * c->N * sizeof(double)), "dark rows");
+    TRY(cudaMalloc((void **)&c->d_flats, (size_t)c->G * rows * c->N * sizeof(double)), "flat rows");
     TRY(cudaMalloc((void **)&c->d_flat_a, (size_t)c->M * sizeof(int)), "flat brackets");
     TRY(cudaMalloc((void **)&c->d_flat_b, (size_t)c->M * sizeof(int)), "flat brackets");
-    TRY(cudaMalloc((void **)&c->d_flat_w, (size_t)c->M * sizeof(float)), "flat weights");
+    TRY(cudaMalloc((void **)&c->d_flat_w, (size_t)c->M * sizeof(double)), "flat weights");
     TRY(cudaMalloc((void **)&c->d_clipped, (size_t)rows * c->M * sizeof(int)), "line counts");
     TRY(cudaMalloc((void **)&c->d_counts, 2 * sizeof(unsigned long long)), "counters");
     TRY(cudaMalloc((void **)&c->d_padded, (size_t)c->M * c->L * sizeof(float)), "FFT input");
@@ -437,6 +587,25 @@ int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error
         TRY(cudaMalloc((void **)&c->d_packed, (size_t)2 * c->M * (c->N + 2) * sizeof(uint4)),
             "back-projection tables");
     TRY(cudaMalloc((void **)&c->d_images, rows * SS * sizeof(float)), "images");
+    if (config->rings.method != TOMO_RINGS_NONE) {
+        if (!tomo_cuda_supports_rings(&config->rings)) {
+            rc = tomo_error_set(err, TOMO_E_UNSUPPORTED,
+                                "GPU: these ring removal parameters "
+                                "need the CPU");
+            goto fail;
+        }
+        TRY(cudaMalloc((void **)&c->d_keys, NM * sizeof(float)), "ring removal");
+        TRY(cudaMalloc((void **)&c->d_keys_sorted, NM * sizeof(float)), "ring removal");
+        TRY(cudaMalloc((void **)&c->d_rows, NM * sizeof(int)), "ring removal");
+        TRY(cudaMalloc((void **)&c->d_rows_sorted, NM * sizeof(int)), "ring removal");
+        TRY(cudaMalloc((void **)&c->d_offsets, (size_t)(c->N + 1) * sizeof(int)), "ring removal");
+        offsets_kernel<<<blocks_for(c->N + 1, 256), 256>>>(c->d_offsets, c->N, c->M);
+        TRY(cub::DeviceSegmentedSort::StableSortPairs(
+                NULL, c->sort_temp_bytes, c->d_keys, c->d_keys_sorted, c->d_rows, c->d_rows_sorted,
+                (int)NM, c->N, c->d_offsets, c->d_offsets + 1),
+            "planning the column sort");
+        TRY(cudaMalloc(&c->d_sort_temp, c->sort_temp_bytes), "ring removal");
+    }
     TRY(cudaMalloc((void **)&c->d_xs, (size_t)c->S * sizeof(float)), "pixel positions");
     TRY(cudaMalloc((void **)&c->d_ys, (size_t)c->S * sizeof(float)), "pixel positions");
 
@@ -535,6 +704,28 @@ float *tomo_cuda_raw_buffer(tomo_cuda *cuda)
     return cuda->h_raw;
 }
 
+/* Algorithm 3 on the normalised sinogram of slice z, in place, on the compute stream. */
+static void remove_rings_slice(tomo_cuda *c, float *sino)
+{
+    dim3 tblock(32, 8), tgrid(blocks_for(c->N, 32), blocks_for(c->M, 32));
+    transpose_kernel<<<tgrid, tblock, 0, c->compute>>>(sino, c->M, c->N, c->d_keys, c->d_rows);
+    size_t temp = c->sort_temp_bytes;
+    cub::DeviceSegmentedSort::StableSortPairs(c->d_sort_temp, temp, c->d_keys, c->d_keys_sorted,
+                                              c->d_rows, c->d_rows_sorted, c->M * c->N, c->N,
+                                              c->d_offsets, c->d_offsets + 1, c->compute);
+    dim3 mgrid(blocks_for(c->M, 128), c->N);
+    int size = c->config.rings.size;
+    if (c->config.rings.dim == 1 && size <= 32)
+        rings_median_small_kernel<32><<<mgrid, 128, 0, c->compute>>>(
+            c->d_keys_sorted, c->d_rows_sorted, c->M, c->N, size, sino);
+    else if (c->config.rings.dim == 1 && size <= 64)
+        rings_median_small_kernel<64><<<mgrid, 128, 0, c->compute>>>(
+            c->d_keys_sorted, c->d_rows_sorted, c->M, c->N, size, sino);
+    else
+        rings_median_kernel<<<mgrid, 128, 0, c->compute>>>(c->d_keys_sorted, c->d_rows_sorted, c->M,
+                                                           c->N, size, c->config.rings.dim, sino);
+}
+
 /* Filters the rows of slice z (already normalised) and writes its back-projection tables. */
 static void filter_slice(tomo_cuda *c, int z, int s)
 {
@@ -620,13 +811,13 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
     } while (0)
     TRY(cudaSetDevice(c->config.device), "selecting the device");
     /* Reference rows are small: upload them first, synchronously on the compute stream. */
-    TRY(cudaMemcpyAsync(c->d_dark, refs->dark, (size_t)nz * c->N * sizeof(float),
+    TRY(cudaMemcpyAsync(c->d_dark, refs->dark, (size_t)nz * c->N * sizeof(double),
                         cudaMemcpyHostToDevice, c->compute),
         "uploading the dark");
     for (int g = 0; g < c->G; g++)
         TRY(cudaMemcpyAsync(c->d_flats + (long)g * nz * c->N,
                             refs->flat_groups + (long)g * nz * c->N,
-                            (size_t)nz * c->N * sizeof(float), cudaMemcpyHostToDevice, c->compute),
+                            (size_t)nz * c->N * sizeof(double), cudaMemcpyHostToDevice, c->compute),
             "uploading the flats");
     TRY(cudaMemcpyAsync(c->d_flat_a, refs->flat_a, (size_t)c->M * sizeof(int),
                         cudaMemcpyHostToDevice, c->compute),
@@ -634,7 +825,7 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
     TRY(cudaMemcpyAsync(c->d_flat_b, refs->flat_b, (size_t)c->M * sizeof(int),
                         cudaMemcpyHostToDevice, c->compute),
         "uploading flat brackets");
-    TRY(cudaMemcpyAsync(c->d_flat_w, refs->flat_w, (size_t)c->M * sizeof(float),
+    TRY(cudaMemcpyAsync(c->d_flat_w, refs->flat_w, (size_t)c->M * sizeof(double),
                         cudaMemcpyHostToDevice, c->compute),
         "uploading flat weights");
     TRY(cudaMemsetAsync(c->d_clipped, 0, (size_t)nz * c->M * sizeof(int), c->compute),
@@ -662,8 +853,11 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
         dim3 bgrid(blocks_for(c->N, threads), n);
         black_lines_kernel<<<bgrid, threads, 0, c->compute>>>(c->d_raw, c->d_clipped, nz, z0, c->N,
                                                               c->M, black_limit);
-        for (int s = 0; s < n; s++)
+        for (int s = 0; s < n; s++) {
+            if (c->config.rings.method == TOMO_RINGS_SORT)
+                remove_rings_slice(c, c->d_raw + (long)(z0 + s) * NM);
             filter_slice(c, z0 + s, s);
+        }
         backproject_group(c, z0, n);
         TRY(cudaGetLastError(), "launching kernels");
         TRY(cudaEventRecord(c->computed[slot], c->compute), "recording an event");
@@ -751,10 +945,12 @@ void tomo_cuda_destroy(tomo_cuda *c)
         cufftDestroy(c->c2r);
     cudaFreeHost(c->h_raw);
     cudaFreeHost(c->h_images);
-    void *device[] = {c->d_raw,    c->d_dark,    c->d_flats,  c->d_flat_a, c->d_flat_b,
-                      c->d_flat_w, c->d_clipped, c->d_counts, c->d_padded, c->d_spectra,
-                      c->d_kernel, c->d_window,  c->d_trig,   c->d_weight, c->d_table,
-                      c->d_packed, c->d_images,  c->d_xs,     c->d_ys};
+    void *device[] = {
+        c->d_raw,         c->d_dark,    c->d_flats,       c->d_flat_a,  c->d_flat_b,
+        c->d_flat_w,      c->d_clipped, c->d_counts,      c->d_padded,  c->d_spectra,
+        c->d_kernel,      c->d_window,  c->d_trig,        c->d_weight,  c->d_table,
+        c->d_packed,      c->d_images,  c->d_xs,          c->d_ys,      c->d_keys,
+        c->d_keys_sorted, c->d_rows,    c->d_rows_sorted, c->d_offsets, c->d_sort_temp};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         cudaFree(device[i]);
     for (int i = 0; i < 2; i++) {
@@ -774,4 +970,45 @@ void tomo_cuda_destroy(tomo_cuda *c)
     if (c->down)
         cudaStreamDestroy(c->down);
     free(c);
+}
+
+int tomo_cuda_supports_rings(const tomo_rings_params *rings)
+{
+    if (rings->method == TOMO_RINGS_NONE)
+        return 1;
+    if (rings->method != TOMO_RINGS_SORT || rings->size < 1)
+        return 0;
+    return rings->dim == 2 ? rings->size <= 15 : rings->size <= 127;
+}
+
+int tomo_cuda_bench_rings(tomo_cuda *c, float *sino, int repeat, double *ms, tomo_error *err)
+{
+    if (c->config.rings.method != TOMO_RINGS_SORT)
+        return tomo_error_set(err, TOMO_E_INVALID, "GPU bench: the pipeline removes no rings");
+    size_t bytes = (size_t)c->M * c->N * sizeof(float);
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    double best = INFINITY;
+    int rc = 0;
+    for (int r = 0; r < repeat && rc == 0; r++) {
+        if ((rc = cuda_failed(cudaMemcpy(c->d_raw, sino, bytes, cudaMemcpyHostToDevice),
+                              "uploading the sinogram", err)) < 0)
+            break;
+        cudaEventRecord(start, c->compute);
+        remove_rings_slice(c, c->d_raw);
+        cudaEventRecord(stop, c->compute);
+        if ((rc = cuda_failed(cudaEventSynchronize(stop), "removing rings", err)) < 0)
+            break;
+        float t;
+        cudaEventElapsedTime(&t, start, stop);
+        best = t < best ? t : best;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    if (rc < 0)
+        return rc;
+    *ms = best;
+    return cuda_failed(cudaMemcpy(sino, c->d_raw, bytes, cudaMemcpyDeviceToHost),
+                       "downloading the sinogram", err);
 }

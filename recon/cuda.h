@@ -30,6 +30,7 @@
 #include "backproject.h"
 #include "filter.h"
 #include "prep.h"
+#include "rings.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -61,7 +62,15 @@ typedef struct tomo_cuda_config {
     const tomo_filter *filter; /* the CPU filter whose spectrum and padding are used */
     const tomo_bp_plan *plan;  /* the CPU back-projection geometry */
     tomo_pool *copy_pool;      /* threads that copy finished slices out (NULL: the caller) */
+    tomo_rings_params rings;   /* NONE, or SORT within tomo_cuda_supports_rings() */
 } tomo_cuda_config;
+
+/*
+ * Whether the GPU pipeline can remove rings with these (resolved) parameters: algorithm 3
+ * (SORT) with a median of at most 127 along the detector, or at most 15 x 15 (dim 2). The
+ * result equals the CPU's bit for bit (stable segmented sort, exact medians).
+ */
+int tomo_cuda_supports_rings(const tomo_rings_params *rings);
 
 typedef struct tomo_cuda tomo_cuda;
 
@@ -79,11 +88,11 @@ float *tomo_cuda_raw_buffer(tomo_cuda *cuda);
 
 /* The reference rows a chunk needs, in host memory. */
 typedef struct tomo_cuda_refs {
-    const float *dark;        /* [nz][width] mean dark counts */
-    const float *flat_groups; /* [n_flat_groups][nz][width] mean counts of each flat group */
-    const int *flat_a;        /* [n_proj] flat interpolation: I0 = (1-w) G[a] + w G[b] */
-    const int *flat_b;        /* [n_proj] */
-    const float *flat_w;      /* [n_proj] */
+    const double *dark;        /* [nz][width] mean dark counts */
+    const double *flat_groups; /* [n_flat_groups][nz][width] mean counts of each flat group */
+    const int *flat_a;         /* [n_proj] flat interpolation: I0 = (1-w) G[a] + w G[b] */
+    const int *flat_b;         /* [n_proj] */
+    const double *flat_w;      /* [n_proj] */
 } tomo_cuda_refs;
 
 /*
@@ -104,6 +113,12 @@ void tomo_cuda_destroy(tomo_cuda *cuda);
  */
 int tomo_cuda_bench_backproject(tomo_cuda *cuda, const float *filtered, int nz, int repeat,
                                 float *images, double *ms, tomo_error *err);
+
+/*
+ * For benchmarks: algorithm 3 on one n_proj x width sinogram (host), `repeat` times; the best
+ * time in milliseconds (kernels only) and the result in `sino`.
+ */
+int tomo_cuda_bench_rings(tomo_cuda *cuda, float *sino, int repeat, double *ms, tomo_error *err);
 
 #ifdef __cplusplus
 }

@@ -53,3 +53,15 @@ void tomo_cuda_destroy(tomo_cuda *cuda)
 {
     (void)cuda;
 }
+
+int tomo_cuda_supports_rings(const tomo_rings_params *rings)
+{
+    (void)rings;
+    return 0;
+}
+
+int tomo_cuda_bench_rings(tomo_cuda *cuda, float *sino, int repeat, double *ms, tomo_error *err)
+{
+    (void)cuda, (void)sino, (void)repeat, (void)ms;
+    return not_built(err);
+}

@@ -389,7 +389,7 @@ static double now_seconds(void)
 /* Whether this chunk runs on the GPU: one is in use, and the variant needs nothing it lacks. */
 static int gpu_takes(const tomo_engine *engine, const variant_state *vs, int nz)
 {
-    return engine->gpu >= 0 && !vs->gpu_failed && vs->params.rings.method == TOMO_RINGS_NONE &&
+    return engine->gpu >= 0 && !vs->gpu_failed && tomo_cuda_supports_rings(&vs->params.rings) &&
            nz <= engine->config.max_chunk;
 }
 
@@ -412,6 +412,7 @@ static void start_gpu(tomo_engine *engine, variant_state *vs)
         .filter = vs->filter,
         .plan = &vs->plan,
         .copy_pool = engine->pool,
+        .rings = vs->params.rings,
     };
     tomo_error gerr;
     tomo_error_clear(&gerr);

@@ -332,18 +332,14 @@ static int hand_over_refs(const prep_job *job, const int *group_a, const int *gr
         tomo_prep_refs_free(refs);
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory for reference rows");
     }
-    for (size_t i = 0; i < npx; i++)
-        refs->dark[i] = (float)job->dark[i];
-    for (int s = 0; s < job->n_needed; s++) {
-        float *dst = refs->group_mean + (size_t)job->needed_group[s] * npx;
-        const double *src = job->group_mean + (size_t)s * npx;
-        for (size_t i = 0; i < npx; i++)
-            dst[i] = (float)src[i];
-    }
+    memcpy(refs->dark, job->dark, npx * sizeof *refs->dark);
+    for (int s = 0; s < job->n_needed; s++)
+        memcpy(refs->group_mean + (size_t)job->needed_group[s] * npx,
+               job->group_mean + (size_t)s * npx, npx * sizeof *refs->group_mean);
     for (int k = 0; k < job->n_sel; k++) {
         refs->flat_a[k] = group_a[k];
         refs->flat_b[k] = group_b[k];
-        refs->flat_w[k] = (float)job->weight[k];
+        refs->flat_w[k] = job->weight[k];
     }
     return 0;
 }

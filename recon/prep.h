@@ -57,15 +57,16 @@ int tomo_prep_rows(const tomo_scan *scan, const tomo_prep_params *pp, tomo_pool 
 /*
  * What a backend that normalises elsewhere (the GPU) needs besides the raw rows: the mean
  * dark, the mean of every flat group and each projection's flat interpolation, for detector
- * rows [z0, z0 + nz). Release with tomo_prep_refs_free().
+ * rows [z0, z0 + nz), in the double precision tomo_prep_rows() computes them in, so that the
+ * other backend can reproduce its absorbance exactly. Release with tomo_prep_refs_free().
  */
 typedef struct tomo_prep_refs {
     int nz, width, n_groups;
-    float *dark;       /* [nz][width] */
-    float *group_mean; /* [n_groups][nz][width]; groups no projection uses are zero */
-    int *flat_a;       /* [n_proj] I0 = (1 - w) G[a] + w G[b] */
-    int *flat_b;       /* [n_proj] */
-    float *flat_w;     /* [n_proj] */
+    double *dark;       /* [nz][width] */
+    double *group_mean; /* [n_groups][nz][width]; groups no projection uses are zero */
+    int *flat_a;        /* [n_proj] I0 = (1 - w) G[a] + w G[b] */
+    int *flat_b;        /* [n_proj] */
+    double *flat_w;     /* [n_proj] */
 } tomo_prep_refs;
 
 /*

@@ -4,6 +4,8 @@
  *   gpu_check parity SCAN [Z0 NZ]      CPU against CUDA exact and fast on slices Z0..Z0+NZ-1:
  *                                      relative RMS difference inside the field of view must be
  *                                      at most 1e-5 (exact) and 2e-3 (fast); exit 1 otherwise
+ *   gpu_check bench-rings N M [SIZE [REPEAT]]  ring removal (algorithm 3) of one M x N
+ *                                      sinogram: GPU ms, and equality with the CPU's result
  *   gpu_check bench-bp N M [REPEAT]    back-projection of 8 slices of N x N from M views of
  *                                      random filtered data: ms per slice, exact and fast
  */
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../fs/volume.h"
 #include "../../recon/cuda.h"
@@ -84,8 +87,17 @@ static int parity(const char *scan, int z0, int nz)
     double r = cpu->variants[0].params.center;
     double rr = cpu->scan->width - 1 - r;
     r = r < rr ? r : rr;
-    for (int p = 0; p < 2; p++) {
-        if (tomo_engine_compute(gpu[p]->engine, 0, z0, nz, got, &err) < 0) {
+    for (int k = 0; k < 2 * cpu->n_variants; k++) {
+        int p = k % 2, v = k / 2;
+        if (p == 0 && v > 0) {
+            for (int i = 0; i < nz; i++)
+                tomo_slice_unref(ref[i]);
+            if (tomo_engine_compute(cpu->engine, v, z0, nz, ref, &err) < 0) {
+                fprintf(stderr, "gpu_check: CPU: %s\n", err.message);
+                return 1;
+            }
+        }
+        if (tomo_engine_compute(gpu[p]->engine, v, z0, nz, got, &err) < 0) {
             fprintf(stderr, "gpu_check: GPU: %s\n", err.message);
             return 1;
         }
@@ -98,10 +110,10 @@ static int parity(const char *scan, int z0, int nz)
             tomo_slice_unref(got[i]);
         }
         int ok = worst_rel <= tolerance[p];
-        printf("%-5s: relative RMS difference to the CPU %.3g (max over slices; tolerance %.0e), "
-               "largest pixel difference %.3g cm^-1: %s\n",
-               tomo_precision_name(precisions[p]), worst_rel, tolerance[p], worst_abs,
-               ok ? "ok" : "FAIL");
+        printf("%-13s %-5s: relative RMS difference to the CPU %.3g (max over slices; "
+               "tolerance %.0e), largest pixel difference %.3g cm^-1: %s\n",
+               cpu->variants[v].name, tomo_precision_name(precisions[p]), worst_rel, tolerance[p],
+               worst_abs, ok ? "ok" : "FAIL");
         failed |= !ok;
     }
     for (int i = 0; i < nz; i++)
@@ -168,6 +180,73 @@ static int bench_bp(int n, int m, int repeat)
     return 0;
 }
 
+/* Algorithm 3 on an n x m sinogram of smooth data plus noise and stripes: GPU time, and the
+ * result against the CPU's, which it must equal bit for bit. */
+static int bench_rings(int n, int m, int size, int repeat)
+{
+    tomo_error err;
+    tomo_error_clear(&err);
+    double *angles = malloc((size_t)m * sizeof *angles);
+    for (int k = 0; k < m; k++)
+        angles[k] = M_PI * k / m;
+    tomo_filter *filter = tomo_filter_create(n, TOMO_FILTER_CHESLER, TOMO_PAD_ZERO, &err);
+    tomo_bp_plan plan;
+    if (!filter || tomo_bp_plan_init(&plan, n, angles, NULL, m, (n - 1) / 2.0, 1e-4, 1, &err) < 0) {
+        fprintf(stderr, "gpu_check: %s\n", err.message);
+        return 1;
+    }
+    size_t nm = (size_t)n * m;
+    float *sino = malloc(nm * sizeof(float)), *cpu = malloc(nm * sizeof(float));
+    srand(2);
+    for (int r = 0; r < m; r++)
+        for (int x = 0; x < n; x++)
+            sino[(size_t)r * n + x] = (float)(sin(0.01 * x + 0.002 * r) + 0.05 * rand() / RAND_MAX +
+                                              (x % 97 == 0 ? 0.2 : 0.0));
+    memcpy(cpu, sino, nm * sizeof(float));
+    tomo_rings_params rings;
+    tomo_rings_params_default(&rings);
+    rings.method = TOMO_RINGS_SORT;
+    rings.size = size;
+    tomo_pool *pool = tomo_pool_create(0);
+    double t0 = (double)clock();
+    if (tomo_rings_remove_pool(&rings, cpu, m, n, pool, &err) < 0) {
+        fprintf(stderr, "gpu_check: %s\n", err.message);
+        return 1;
+    }
+    double cpu_ms = ((double)clock() - t0) / CLOCKS_PER_SEC * 1e3;
+    tomo_cuda_config cc = {.device = 0,
+                           .width = n,
+                           .n_proj = m,
+                           .n_flat_groups = 1,
+                           .max_rows = 1,
+                           .precision = TOMO_PRECISION_FAST,
+                           .filter = filter,
+                           .plan = &plan,
+                           .rings = rings};
+    tomo_prep_params_default(&cc.prep);
+    tomo_cuda *cuda;
+    double ms;
+    if (tomo_cuda_create(&cc, &cuda, &err) < 0 ||
+        tomo_cuda_bench_rings(cuda, sino, repeat, &ms, &err) < 0) {
+        fprintf(stderr, "gpu_check: %s\n", err.message);
+        return 1;
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < nm; i++)
+        differ += sino[i] != cpu[i];
+    printf("ring removal (algorithm 3, size %d) of a %d x %d sinogram: GPU %.2f ms (best of %d), "
+           "CPU %.0f ms of processor time; values differing from the CPU's: %zu: %s\n",
+           size, m, n, ms, repeat, cpu_ms, differ, differ ? "FAIL" : "ok");
+    tomo_cuda_destroy(cuda);
+    tomo_pool_destroy(pool);
+    tomo_bp_plan_free(&plan);
+    tomo_filter_destroy(filter);
+    free(angles);
+    free(sino);
+    free(cpu);
+    return differ != 0;
+}
+
 int main(int argc, char **argv)
 {
     char name[128];
@@ -177,8 +256,12 @@ int main(int argc, char **argv)
     }
     if (argc >= 3 && strcmp(argv[1], "parity") == 0)
         return parity(argv[2], argc > 3 ? atoi(argv[3]) : -1, argc > 4 ? atoi(argv[4]) : 8);
+    if (argc >= 4 && strcmp(argv[1], "bench-rings") == 0)
+        return bench_rings(atoi(argv[2]), atoi(argv[3]), argc > 4 ? atoi(argv[4]) : 21,
+                           argc > 5 ? atoi(argv[5]) : 5);
     if (argc >= 4 && strcmp(argv[1], "bench-bp") == 0)
         return bench_bp(atoi(argv[2]), atoi(argv[3]), argc > 4 ? atoi(argv[4]) : 3);
-    fprintf(stderr, "usage: gpu_check parity SCAN [Z0 NZ] | bench-bp N M [REPEAT]\n");
+    fprintf(stderr, "usage: gpu_check parity SCAN [Z0 NZ] | bench-bp N M [REPEAT] | "
+                    "bench-rings N M [SIZE [REPEAT]]\n");
     return 2;
 }

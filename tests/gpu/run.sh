@@ -57,6 +57,9 @@ run_bench() {
   echo "== back-projection benchmark"
   "$check" bench-bp 2048 1800 5
   "$check" bench-bp 4432 3600 3
+  echo "== ring removal benchmark"
+  "$check" bench-rings 2048 1800 21 5 || failed=1
+  "$check" bench-rings 4432 3600 21 5 || failed=1
 }
 
 run_mount() {
