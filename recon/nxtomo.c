@@ -540,23 +540,6 @@ static void fill_frames(const nx_open *o, tomo_scan *scan, int *flat_run)
     }
 }
 
-/* "frames 0-49, 3101-3150": the runs of consecutive frame numbers. */
-static void frame_runs(const int *frame, int n, char *buf, size_t size)
-{
-    size_t k = 0;
-    buf[0] = '\0';
-    for (int i = 0; i < n && k < size; i++) {
-        int j = i;
-        while (j + 1 < n && frame[j + 1] == frame[j] + 1)
-            j++;
-        if (j > i)
-            k += (size_t)snprintf(buf + k, size - k, "%s%d-%d", k ? ", " : "", frame[i], frame[j]);
-        else
-            k += (size_t)snprintf(buf + k, size - k, "%s%d", k ? ", " : "", frame[i]);
-        i = j;
-    }
-}
-
 static void describe(const nx_open *o, const nx_counts *c, tomo_scan *scan)
 {
     const char *slash = strrchr(o->path, '/');
@@ -564,11 +547,11 @@ static void describe(const nx_open *o, const nx_counts *c, tomo_scan *scan)
     tomo_h5_stack_describe(&o->r->stack[0], buf, sizeof buf);
     tomo_scan_add_source(scan, "%s: %s", slash ? slash + 1 : o->path, buf);
     tomo_scan_add_source(scan, "image_key %s: %d projections", o->key_path, c->proj);
-    frame_runs(scan->flat_frame, scan->n_flat, runs, sizeof runs);
+    tomo_frame_runs(scan->flat_frame, scan->n_flat, runs, sizeof runs);
     tomo_scan_add_source(scan, "%d flats in %d groups (frames %s)", c->flat, scan->n_flat_groups,
                          runs);
     if (c->dark) {
-        frame_runs(scan->dark_frame, c->dark, runs, sizeof runs);
+        tomo_frame_runs(scan->dark_frame, c->dark, runs, sizeof runs);
         tomo_scan_add_source(scan, "%d darks (frames %s)", c->dark, runs);
     } else {
         tomo_scan_add_source(scan, "no darks (dark taken as 0)");

@@ -454,6 +454,27 @@ void tomo_angles_to_degrees(double *angle, int n, const char *units, char *how, 
     }
 }
 
+void tomo_frame_runs(const int *frame, int n, char *buf, size_t size)
+{
+    size_t k = 0;
+    if (size == 0)
+        return;
+    buf[0] = '\0';
+    for (int i = 0; i < n && k + 1 < size; i++) {
+        int j = i;
+        while (j + 1 < n && frame[j + 1] == frame[j] + 1)
+            j++;
+        int w = j > i ? snprintf(buf + k, size - k, "%s%d-%d", k ? ", " : "", frame[i], frame[j])
+                      : snprintf(buf + k, size - k, "%s%d", k ? ", " : "", frame[i]);
+        if (w < 0 || (size_t)w >= size - k) {
+            buf[k] = '\0'; /* whole runs only */
+            break;
+        }
+        k += (size_t)w;
+        i = j;
+    }
+}
+
 void tomo_scan_text(char *buf, size_t size, const char *fmt, ...)
 {
     if (size == 0)

@@ -145,6 +145,12 @@ int tomo_angle_unit_from_name(const char *units);
  */
 void tomo_angles_to_degrees(double *angle, int n, const char *units, char *how, size_t how_size);
 
+/*
+ * Frame numbers as runs for reports: {0, 1, 2, 7, 9, 10} gives "0-2, 7, 9-10". Numbers are
+ * taken in the order given. Text that does not fit in `size` bytes is cut.
+ */
+void tomo_frame_runs(const int *frame, int n, char *buf, size_t size);
+
 /* For readers: printf into a fixed buffer, cutting what does not fit. */
 void tomo_scan_text(char *buf, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

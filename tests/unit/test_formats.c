@@ -1159,6 +1159,18 @@ static void test_angle_units(void)
     CHECK_CONTAINS(how, "ignored units 'mm'");
 }
 
+static void test_frame_runs(void)
+{
+    char buf[64];
+    int f[6] = {0, 1, 2, 7, 9, 10};
+    tomo_frame_runs(f, 6, buf, sizeof buf);
+    CHECK(strcmp(buf, "0-2, 7, 9-10") == 0);
+    tomo_frame_runs(f, 0, buf, sizeof buf);
+    CHECK(strcmp(buf, "") == 0);
+    tomo_frame_runs(f, 6, buf, 6); /* whole runs that fit, never overflowing */
+    CHECK(strcmp(buf, "0-2") == 0);
+}
+
 static void test_samples(void)
 {
     unsigned char b[8];
@@ -1329,6 +1341,7 @@ static void test_concurrent_hdf5_reads(void)
     }
 }
 
-TOMO_TEST_MAIN(test_samples, test_angle_units, test_angles_parse, test_dxchange_layouts,
-               test_dxchange_errors, test_nxtomo, test_nxtomo_errors, test_tiff_series,
-               test_tiff_series_errors, test_tiff_types, test_detection, test_concurrent_hdf5_reads)
+TOMO_TEST_MAIN(test_samples, test_frame_runs, test_angle_units, test_angles_parse,
+               test_dxchange_layouts, test_dxchange_errors, test_nxtomo, test_nxtomo_errors,
+               test_tiff_series, test_tiff_series_errors, test_tiff_types, test_detection,
+               test_concurrent_hdf5_reads)
