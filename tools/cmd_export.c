@@ -40,7 +40,11 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-/* Writes `len` bytes to dir/name through a temporary name, so a partial file is never left. */
+/*
+ * Writes `len` bytes to dir/name through a temporary name, so a partial file is never left.
+ * Write-back to the disk starts at once: otherwise the kernel would hold gigabytes of dirty
+ * pages and the disk would sit idle while slices are being reconstructed.
+ */
 static int write_file(const char *dir, const char *name, const void *a, size_t alen, const void *b,
                       size_t blen)
 {
@@ -52,7 +56,9 @@ static int write_file(const char *dir, const char *name, const void *a, size_t a
         fprintf(stderr, "\ntomofs: %s: %s\n", tmp, strerror(errno));
         return -1;
     }
-    if (write_all(fd, a, alen) < 0 || (b && write_all(fd, b, blen) < 0)) {
+    if (write_all(fd, a, alen) < 0 || (b && write_all(fd, b, blen) < 0) ||
+        (sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 && errno != EINVAL &&
+         errno != ENOSYS && errno != ESPIPE)) {
         fprintf(stderr, "\ntomofs: %s: %s\n", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
@@ -311,6 +317,14 @@ int tomo_cmd_export(int argc, char **argv)
     }
     failed |= writer_finish(&w) < 0;
     free(slices);
+    /* done means on the disk */
+    int dir_fd = open(outdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!failed && (dir_fd < 0 || syncfs(dir_fd) < 0)) {
+        fprintf(stderr, "\ntomofs: %s: %s\n", outdir, strerror(errno));
+        failed = 1;
+    }
+    if (dir_fd >= 0)
+        close(dir_fd);
     if (!failed) {
         tomo_progress_finish(&w.progress, z1 - z0);
         fprintf(stderr, "tomofs: wrote %d slices to %s in %.1f s\n", z1 - z0, outdir,
