@@ -284,7 +284,7 @@ def volume(scan, out, rows, *options, threads=None):
     n = int(info["size"])
     slices = [np.fromfile(os.path.join(out, f"slice_{z:05d}.f32"), np.float32).reshape(n, n)
               for z in range(rows)]
-    return slices, info["params"]
+    return slices, info["folder"] + ": " + info["params"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +381,8 @@ def main():
         (e0, g0, s0), text0, _ = measures(rings_scan)
         (e1, g1, s1), text1, _ = measures(rings_scan, "rings=sort")
         (e2, g2, s2), text2, _ = measures(rings_scan, "rings=all")
-        assert "rings" not in text0, text0
+        assert text0.startswith("slices: ") and "rings" not in text0, text0
+        assert text1.startswith("rings-removed: "), text1
         assert text1.endswith(f"rings=sort ring_size={auto_size(width)} ring_dim=1"), text1
         assert "rings=all ring_snr=3.000000 ring_la_size=51" in text2, text2
         print(f"     error in the circle  none {e0:.5f}  sort {e1:.5f} ({e0 / e1:.2f}x less)  "
@@ -404,12 +405,14 @@ def main():
 
     def engine_threads_do_not_matter():
         # 1 thread; 2 threads (one sinogram per thread); 8 threads (each sinogram over all)
+        _, _, plain = measures(rings_scan, threads=2)
         for method in ["sort", "all"]:
             ref = None
             for threads in [1, 2, 8]:
                 _, _, slices = measures(rings_scan, f"rings={method}", threads=threads)
                 if ref is None:
                     ref = slices
+                    assert not any(np.array_equal(a, b) for a, b in zip(ref, plain)), method
                 assert all(np.array_equal(a, b) for a, b in zip(ref, slices)), (method, threads)
 
     if datasets:

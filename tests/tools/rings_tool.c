@@ -13,10 +13,11 @@
  *       tomofs's filter and back-projector: views at m * DEG degrees (default 180 / ROWS),
  *       pixel size 1 um. Writes the WIDTH x WIDTH slice as raw float32 (cm^-1).
  *   rings_tool volume SCAN OUTDIR Z0 Z1 [--threads T] [center=X] [KEY=VALUE ...]
- *       Opens SCAN as the filesystem would (tomo_volume_open), with the ring options set in
- *       the reconstruction parameters, reconstructs slices Z0..Z1-1 through the engine and
- *       writes OUTDIR/slice_NNNNN.f32 (raw float32, side in OUTDIR/params.txt with the
- *       parameter text).
+ *       Opens SCAN as the filesystem would (tomo_volume_open, no disk cache) with the ring
+ *       options KEY=VALUE, reconstructs slices Z0..Z1-1 of the folder they select
+ *       (rings-removed, or slices for rings=none) through the engine and writes
+ *       OUTDIR/slice_NNNNN.f32 (raw float32; OUTDIR/params.txt has the side, the folder and
+ *       the parameter text).
  *
  * Prints one line "seconds: S" with the time ring removal (remove) or the whole work took.
  */
@@ -260,13 +261,15 @@ static int cmd_volume(int argc, char **argv)
     int z0 = atoi(argv[2]), z1 = atoi(argv[3]);
     tomo_volume_options opts;
     tomo_volume_options_default(&opts);
+    opts.cache_off = 1;
+    opts.rings.method = TOMO_RINGS_NONE; /* rings= chooses */
     for (int i = 4; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             if (parse_positive(argv[++i], &opts.threads) < 0)
                 return 2;
         } else if (strncmp(argv[i], "center=", 7) == 0) {
             opts.params.center = atof(argv[i] + 7);
-        } else if (ring_option(&opts.params.rings, argv[i]) != 0) {
+        } else if (ring_option(&opts.rings, argv[i]) != 0) {
             fprintf(stderr, "rings_tool: unknown argument '%s'\n", argv[i]);
             return 2;
         }
@@ -287,8 +290,14 @@ static int cmd_volume(int argc, char **argv)
         fprintf(stderr, "rings_tool: slices %d-%d are not in the volume\n", z0, z1 - 1);
         goto out;
     }
+    int v = tomo_volume_find_variant(vol, opts.rings.method == TOMO_RINGS_NONE ? "slices"
+                                                                               : "rings-removed");
+    if (v < 0) {
+        fprintf(stderr, "rings_tool: the volume has no folder for these options\n");
+        goto out;
+    }
     slices = calloc((size_t)(z1 - z0), sizeof *slices);
-    if (!slices || tomo_engine_compute(vol->engine, 0, z0, z1 - z0, slices, &err) < 0)
+    if (!slices || tomo_engine_compute(vol->engine, v, z0, z1 - z0, slices, &err) < 0)
         goto fail;
     for (int z = z0; z < z1; z++) {
         char path[4096];
@@ -301,8 +310,9 @@ static int cmd_volume(int argc, char **argv)
     snprintf(path, sizeof path, "%s/params.txt", argv[1]);
     FILE *f = fopen(path, "w");
     if (f) {
-        fprintf(f, "size: %d\ncenter: %.6f\nparams: %s\n", vol->variants[0].size,
-                vol->variants[0].params.center, vol->variants[0].params_text);
+        fprintf(f, "size: %d\ncenter: %.6f\nfolder: %s\nparams: %s\n", vol->variants[v].size,
+                vol->variants[v].params.center, vol->variants[v].name,
+                vol->variants[v].params_text);
         fclose(f);
     }
     printf("seconds: %.6f\n", now() - t0);
