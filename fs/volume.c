@@ -112,9 +112,35 @@ static int build_scan_json(tomo_volume *vol, tomo_error *err)
              "\"min_step_deg\": %.6f, \"max_step_deg\": %.6f},\n",
              scan->n_proj, first, last, last - first,
              scan->n_proj > 1 ? (last - first) / (scan->n_proj - 1) : 0.0, min_step, max_step);
-    text_add(&t, "  \"flats\": {\"count\": %d, \"groups\": %d},\n", scan->n_flat,
+    char runs[512];
+    text_add(&t, "  \"source\": {\"files\": ");
+    text_add_json_string(&t, scan->source);
+    text_add(&t, ", \"angles\": ");
+    text_add_json_string(&t, scan->angle_source);
+    text_add(&t, ", \"time_basis\": ");
+    text_add_json_string(&t, scan->time_basis[0] ? scan->time_basis : "none");
+    text_add(&t, "},\n");
+    tomo_frame_runs(scan->flat_frame, scan->n_flat, runs, sizeof runs);
+    text_add(&t, "  \"flats\": {\"count\": %d, \"groups\": %d, \"frames\": ", scan->n_flat,
              scan->n_flat_groups);
-    text_add(&t, "  \"darks\": {\"count\": %d},\n", scan->n_dark);
+    text_add_json_string(&t, runs);
+    double *group_time = malloc((size_t)scan->n_flat_groups * sizeof *group_time);
+    if (group_time) {
+        tomo_flat_group_times(scan, group_time);
+        text_add(&t, ", \"group_times\": [");
+        for (int g = 0; g < scan->n_flat_groups; g++)
+            text_add(&t, "%s%.6f", g ? ", " : "", group_time[g]);
+        text_add(&t, "]");
+        free(group_time);
+    }
+    text_add(&t, "},\n");
+    text_add(&t, "  \"darks\": {\"count\": %d", scan->n_dark);
+    if (scan->dark_frame) {
+        tomo_frame_runs(scan->dark_frame, scan->n_dark, runs, sizeof runs);
+        text_add(&t, ", \"frames\": ");
+        text_add_json_string(&t, runs);
+    }
+    text_add(&t, "},\n");
     text_add(&t, "  \"center\": %.6f,\n  \"center_source\": \"%s\",\n", p0->center,
              vol->center_automatic ? "automatic" : "option");
     text_add(&t, "  \"units\": \"cm^-1\",\n  \"slices\": %d,\n  \"variants\": {\n", scan->rows);
