@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1273,6 +1274,88 @@ static void test_detection(void)
     remove_dir(dir);
 }
 
+/* ---- the dry run of HDF5 opens ---- */
+
+static int open_crashes(const char *path, tomo_scan **out, tomo_error *err)
+{
+    (void)path;
+    (void)out;
+    (void)err;
+    raise(SIGSEGV);
+    return 0;
+}
+
+static int open_loops(const char *path, tomo_scan **out, tomo_error *err)
+{
+    (void)path;
+    (void)out;
+    (void)err;
+    volatile int forever = 1;
+    while (forever)
+        pause();
+    return 0;
+}
+
+static int open_fails(const char *path, tomo_scan **out, tomo_error *err)
+{
+    *out = NULL;
+    return tomo_error_set(err, TOMO_E_UNSUPPORTED, "%s: refused for a reason", path);
+}
+
+static int opened_here;
+
+/* Succeeds, and counts the calls made in this process (the child's do not show). */
+static int open_works(const char *path, tomo_scan **out, tomo_error *err)
+{
+    opened_here++;
+    tomo_scan *scan = tomo_scan_alloc(0, 0);
+    if (!scan)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    snprintf(scan->path, sizeof scan->path, "%s", path);
+    *out = scan;
+    return 0;
+}
+
+static void test_dry_run(void)
+{
+    tomo_scan *scan = NULL;
+    tomo_error err;
+    tomo_error_clear(&err);
+    CHECK_INT(tomo_h5_open_checked("x.h5", open_crashes, &scan, &err), -TOMO_E_FORMAT);
+    /* "crashed ... (signal 11)", or under AddressSanitizer, which catches the signal itself,
+     * "failed ... (exit status 1)" */
+    CHECK_CONTAINS(err.message, "x.h5: the HDF5 library ");
+    CHECK_CONTAINS(err.message, "reading it");
+    CHECK_CONTAINS(err.message, "the file is damaged");
+    CHECK(scan == NULL);
+
+    tomo_error_clear(&err);
+    CHECK_INT(tomo_h5_open_checked("x.h5", open_fails, &scan, &err), -TOMO_E_UNSUPPORTED);
+    CHECK_CONTAINS(err.message, "x.h5: refused for a reason");
+
+    setenv("TOMO_HDF5_PROBE_TIMEOUT", "1", 1);
+    tomo_error_clear(&err);
+    CHECK_INT(tomo_h5_open_checked("x.h5", open_loops, &scan, &err), -TOMO_E_FORMAT);
+    CHECK_CONTAINS(err.message, "x.h5: reading it with the HDF5 library took more than 1 s");
+    unsetenv("TOMO_HDF5_PROBE_TIMEOUT");
+
+    opened_here = 0;
+    tomo_error_clear(&err);
+    CHECK_INT(tomo_h5_open_checked("x.h5", open_works, &scan, &err), 0);
+    CHECK_INT(opened_here, 1);
+    CHECK(scan != NULL);
+    tomo_scan_close(scan);
+
+    /* Without the dry run the opener runs here, once. */
+    setenv("TOMO_HDF5_PROBE", "0", 1);
+    opened_here = 0;
+    scan = NULL;
+    CHECK_INT(tomo_h5_open_checked("x.h5", open_works, &scan, &err), 0);
+    CHECK_INT(opened_here, 1);
+    tomo_scan_close(scan);
+    unsetenv("TOMO_HDF5_PROBE");
+}
+
 /* Reads from many threads at once agree with a single-threaded read. */
 typedef struct thread_job {
     const tomo_scan *scan;
@@ -1344,4 +1427,4 @@ static void test_concurrent_hdf5_reads(void)
 TOMO_TEST_MAIN(test_samples, test_frame_runs, test_angle_units, test_angles_parse,
                test_dxchange_layouts, test_dxchange_errors, test_nxtomo, test_nxtomo_errors,
                test_tiff_series, test_tiff_series_errors, test_tiff_types, test_detection,
-               test_concurrent_hdf5_reads)
+               test_concurrent_hdf5_reads, test_dry_run)
