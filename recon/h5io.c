@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/io.h"
 #include "../common/hash.h"
 
 /* Largest detector side accepted; beyond it a size is more likely damage than a detector. */
@@ -647,22 +648,6 @@ static tomo_sample_format stored_format(hid_t type)
     return f;
 }
 
-static ssize_t pread_full(int fd, void *buf, size_t len, int64_t off)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + (int64_t)got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 static int read_through_hdf5(tomo_h5_stack *st, int index, int z0, int nz, float *dst,
                              tomo_error *err)
 {
@@ -710,7 +695,7 @@ static int read_contiguous(tomo_h5_stack *st, int64_t base, int index, int z0, i
         if (!raw)
             return tomo_error_set(err, TOMO_E_NOMEM, "%s: %s: out of memory", st->master, st->path);
     }
-    ssize_t got = pread_full(st->fd, raw, n * s, base + st->offset + element * (int64_t)s);
+    ssize_t got = tomo_pread_full(st->fd, raw, n * s, base + st->offset + element * (int64_t)s);
     int rc = 0;
     if (got < 0)
         rc = tomo_error_set(err, TOMO_E_IO, "%s: %s: read failed: %s", st->file, st->path,
@@ -787,7 +772,7 @@ static int read_chunked(tomo_h5_stack *st, int64_t base, int index, int z0, int 
             int64_t ncols = st->width - x_start < c2 ? st->width - x_start : c2;
             size_t len = (size_t)(r_end - r_start) * (size_t)c2 * s;
             int64_t off = base + addr + ((fi * c1 + (r_start - cz * c1)) * c2) * (int64_t)s;
-            ssize_t got = pread_full(st->fd, buf, len, off);
+            ssize_t got = tomo_pread_full(st->fd, buf, len, off);
             if (got < 0) {
                 rc = tomo_error_set(err, TOMO_E_IO, "%s: %s: read failed: %s", st->file, st->path,
                                     strerror(errno));

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/io.h"
 /* More frames than any acquisition records; beyond it the count is damage. */
 #define HIS_MAX_FRAMES (INT64_C(1) << 26)
 
@@ -107,22 +108,6 @@ void tomo_his_pack12(const uint16_t *values, size_t n, unsigned char *out)
     }
 }
 
-static ssize_t pread_full(int fd, void *buf, size_t len, int64_t off)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + (int64_t)got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 void tomo_his_close(tomo_his *his)
 {
     if (his->fd >= 0)
@@ -153,7 +138,7 @@ static int walk_frames(tomo_his *his, int64_t size, tomo_error *err)
     int64_t off = 0, cap = 0, declared = 0;
     while (off < size) {
         unsigned char buf[TOMO_HIS_HEADER_SIZE];
-        ssize_t got = pread_full(his->fd, buf, sizeof buf, off);
+        ssize_t got = tomo_pread_full(his->fd, buf, sizeof buf, off);
         if (got < 0)
             return tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", his->path,
                                   strerror(errno));
@@ -245,7 +230,7 @@ int tomo_his_read_rows(const tomo_his *his, int64_t frame, int z0, int nz, float
     unsigned char *buf = malloc((size_t)len);
     if (!buf)
         return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory", his->path);
-    ssize_t got = pread_full(his->fd, buf, (size_t)len, his->offset[frame - 1] + start);
+    ssize_t got = tomo_pread_full(his->fd, buf, (size_t)len, his->offset[frame - 1] + start);
     int rc = 0;
     if (got < 0)
         rc = tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", his->path, strerror(errno));

@@ -14,6 +14,7 @@
 
 #include <tiffio.h>
 
+#include "../common/io.h"
 #include "../common/hash.h"
 #include "his.h"
 #include "tiffframe.h"
@@ -308,23 +309,6 @@ static int64_t hipic_file_size(const tomo_hipic_header *h)
     return h->data_offset + 2 * (int64_t)h->width * (int64_t)h->height;
 }
 
-/* Reads all of [off, off + len) unless the file ends first. Returns bytes read or -1. */
-static ssize_t pread_full(int fd, void *buf, size_t len, int64_t off)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + (int64_t)got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 static int open_for_reading(const char *path, tomo_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -339,7 +323,7 @@ static int read_hipic_header(const char *path, tomo_hipic_header *hdr, tomo_erro
     if (fd < 0)
         return fd;
     unsigned char buf[TOMO_HIPIC_HEADER_SIZE];
-    ssize_t got = pread_full(fd, buf, sizeof buf, 0);
+    ssize_t got = tomo_pread_full(fd, buf, sizeof buf, 0);
     int saved = errno;
     close(fd);
     if (got < 0)
@@ -530,8 +514,8 @@ static int read_img_rows(const s8_reader *r, const s8_frame *f, int z0, int nz, 
     int fd = open_for_reading(f->path, err);
     if (fd < 0)
         return fd;
-    ssize_t got = pread_full(fd, raw_area(dst, n_pixels), 2 * n_pixels,
-                             f->data_offset + (int64_t)row_bytes * z0);
+    ssize_t got = tomo_pread_full(fd, raw_area(dst, n_pixels), 2 * n_pixels,
+                                  f->data_offset + (int64_t)row_bytes * z0);
     int saved = errno;
     close(fd);
     if (got < 0)
@@ -594,7 +578,7 @@ static int read_row_run(int fd, const char *path, const row_run *run, int z0, si
                         unsigned char *raw, tomo_error *err)
 {
     size_t len = row_bytes * (size_t)run->n;
-    ssize_t got = pread_full(fd, raw + row_bytes * (size_t)(run->row - z0), len, run->offset);
+    ssize_t got = tomo_pread_full(fd, raw + row_bytes * (size_t)(run->row - z0), len, run->offset);
     if (got < 0)
         return tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", path, strerror(errno));
     if ((size_t)got < len)
@@ -906,7 +890,7 @@ static int read_log_file(s8_open *o, tomo_error *err)
             goto out;
         }
         o->log_text = nt;
-        ssize_t got = pread_full(fd, nt + o->log_len, cap - o->log_len, (int64_t)o->log_len);
+        ssize_t got = tomo_pread_full(fd, nt + o->log_len, cap - o->log_len, (int64_t)o->log_len);
         if (got < 0) {
             rc =
                 tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", o->log_path, strerror(errno));

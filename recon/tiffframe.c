@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/io.h"
 /* Largest frame side accepted; a larger one is damage, not a detector. */
 #define TF_MAX_SIDE (1 << 20)
 
@@ -186,22 +187,6 @@ void tomo_tiff_frame_describe(const tomo_tiff_frame *frame, char *buf, size_t si
 /* Reading                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-static ssize_t pread_full(int fd, void *buf, size_t len, int64_t off)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + (int64_t)got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 static uint32_t rows_in_strip(const tomo_tiff_frame *f, uint32_t s)
 {
     uint32_t start = s * f->rows_per_strip;
@@ -257,7 +242,8 @@ static int read_direct(TIFF *tif, const char *path, const tomo_tiff_frame *f, ui
         }
         if (run_n > 0) {
             size_t len = row_bytes * (size_t)run_n;
-            ssize_t got = pread_full(fd, raw + row_bytes * (size_t)(run_row - z0), len, run_off);
+            ssize_t got =
+                tomo_pread_full(fd, raw + row_bytes * (size_t)(run_row - z0), len, run_off);
             if (got < 0)
                 return tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", path, strerror(errno));
             if ((size_t)got < len)
