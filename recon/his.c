@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../common/io.h"
+
 /* More frames than any acquisition records; beyond it the count is damage. */
 #define HIS_MAX_FRAMES (INT64_C(1) << 26)
 

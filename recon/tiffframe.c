@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/io.h"
+
 /* Largest frame side accepted; a larger one is damage, not a detector. */
 #define TF_MAX_SIDE (1 << 20)
 
