@@ -8,7 +8,8 @@
  *   bin=B                                output binning (default 1)
  *   floor=F                              low-transmission floor in counts (default 2)
  *   black_fraction=R                     clipped share that marks a line black (default 0.5)
- *   format=NAME                          spring8, dxchange, nxtomo or tiff-series (default: detected)
+ *   format=NAME                          spring8, dxchange, nxtomo or tiff-series
+ *                                        (default: detected)
  *   ram_cache=SIZE                       RAM tier budget, e.g. 512M, 4G (default 1G)
  *   cache=DIR|none, no_cache             disk tier folder (default ~/.cache/tomofs), or none
  *   cache_size=SIZE                      disk tier capacity (default 16G)
