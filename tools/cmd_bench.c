@@ -126,18 +126,11 @@ int tomo_cmd_bench(int argc, char **argv)
         fprintf(stderr, "%s", bench_usage);
         return 2;
     }
-    char scan_path[PATH_MAX];
-    if (!realpath(argv[optind], scan_path)) {
-        fprintf(stderr, "tomofs: %s: no such file or directory\n", argv[optind]);
+    tomo_volume *vol = tomo_open_scan_argument(argv[optind], &opts);
+    if (!vol)
         return 1;
-    }
-    tomo_volume *vol;
     tomo_error err;
     tomo_error_clear(&err);
-    if (tomo_volume_open(scan_path, &opts, &vol, &err) < 0) {
-        fprintf(stderr, "tomofs: %s\n", err.message);
-        return 1;
-    }
     const tomo_scan *scan = vol->scan;
     const tomo_recon_params *p = &vol->variants[0].params;
     if (rows > scan->rows)

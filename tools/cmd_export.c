@@ -252,25 +252,17 @@ int tomo_cmd_export(int argc, char **argv)
         fprintf(stderr, "%s", export_usage);
         return 2;
     }
-    char scan_path[PATH_MAX];
-    if (!realpath(argv[optind], scan_path)) {
-        fprintf(stderr, "tomofs: %s: no such file or directory\n", argv[optind]);
+    tomo_volume *vol = tomo_open_scan_argument(argv[optind], &opts);
+    if (!vol)
         return 1;
-    }
+    tomo_error err;
+    tomo_error_clear(&err);
+    int status = 1;
     const char *outdir = argv[optind + 1];
     if (mkdir(outdir, 0755) < 0 && errno != EEXIST) {
         fprintf(stderr, "tomofs: %s: %s\n", outdir, strerror(errno));
-        return 1;
+        goto out;
     }
-
-    tomo_volume *vol;
-    tomo_error err;
-    tomo_error_clear(&err);
-    if (tomo_volume_open(scan_path, &opts, &vol, &err) < 0) {
-        fprintf(stderr, "tomofs: %s\n", err.message);
-        return 1;
-    }
-    int status = 1;
     int v = tomo_volume_find_variant(vol, variant_name);
     int z0 = 0, z1 = vol->scan->rows;
     if (v < 0) {

@@ -39,18 +39,9 @@ int tomo_cmd_info(int argc, char **argv)
         fprintf(stderr, "%s", info_usage);
         return 2;
     }
-    char scan_path[PATH_MAX];
-    if (!realpath(argv[optind], scan_path)) {
-        fprintf(stderr, "tomofs: %s: no such file or directory\n", argv[optind]);
+    tomo_volume *vol = tomo_open_scan_argument(argv[optind], &opts);
+    if (!vol)
         return 1;
-    }
-    tomo_volume *vol;
-    tomo_error err;
-    tomo_error_clear(&err);
-    if (tomo_volume_open(scan_path, &opts, &vol, &err) < 0) {
-        fprintf(stderr, "tomofs: %s\n", err.message);
-        return 1;
-    }
     fwrite(vol->scan_json, 1, vol->scan_json_len, stdout);
     tomo_volume_close(vol);
     return 0;

@@ -66,11 +66,7 @@ int tomo_cmd_mount(int argc, char **argv)
         fprintf(stderr, "%s", mount_usage);
         return 2;
     }
-    char scan_path[PATH_MAX], mountpoint[PATH_MAX];
-    if (!realpath(argv[optind], scan_path)) {
-        fprintf(stderr, "tomofs: %s: no such file or directory\n", argv[optind]);
-        return 1;
-    }
+    char mountpoint[PATH_MAX];
     struct stat st;
     if (!realpath(argv[optind + 1], mountpoint) || stat(mountpoint, &st) != 0 ||
         !S_ISDIR(st.st_mode)) {
@@ -79,13 +75,11 @@ int tomo_cmd_mount(int argc, char **argv)
         return 1;
     }
 
-    tomo_volume *vol;
+    tomo_volume *vol = tomo_open_scan_argument(argv[optind], &opts);
+    if (!vol)
+        return 1;
     tomo_error err;
     tomo_error_clear(&err);
-    if (tomo_volume_open(scan_path, &opts, &vol, &err) < 0) {
-        fprintf(stderr, "tomofs: %s\n", err.message);
-        return 1;
-    }
     const tomo_volume_variant *var = &vol->variants[0];
     fprintf(stderr,
             "tomofs: %s: %s, %d x %d detector, %d projections; centre %.3f (%s), %s filter, "

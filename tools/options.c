@@ -1,6 +1,7 @@
 #include "options.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -312,4 +313,21 @@ int tomo_options_parse(const char *list, tomo_volume_options *opts, char *unknow
     }
     free(copy);
     return rc;
+}
+
+tomo_volume *tomo_open_scan_argument(const char *arg, const tomo_volume_options *opts)
+{
+    char path[PATH_MAX];
+    if (!realpath(arg, path)) {
+        fprintf(stderr, "tomofs: %s: no such file or directory\n", arg);
+        return NULL;
+    }
+    tomo_volume *vol;
+    tomo_error err;
+    tomo_error_clear(&err);
+    if (tomo_volume_open(path, opts, &vol, &err) < 0) {
+        fprintf(stderr, "tomofs: %s\n", err.message);
+        return NULL;
+    }
+    return vol;
 }

@@ -36,6 +36,12 @@ int tomo_options_parse(const char *list, tomo_volume_options *opts, char *unknow
 /* Parses "512M", "4G", "1048576" into bytes; -1 on error. */
 int64_t tomo_parse_size(const char *text);
 
+/*
+ * Opens the scan named on the command line (any path; made absolute, because the daemon
+ * changes to /) as a volume with `opts`. On failure prints one line and returns NULL.
+ */
+tomo_volume *tomo_open_scan_argument(const char *arg, const tomo_volume_options *opts);
+
 /* The option summary above, for --help texts. */
 extern const char tomo_options_help[];
 
