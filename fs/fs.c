@@ -60,7 +60,8 @@ static int variant_of_dir(const fs_state *st, fuse_ino_t ino)
 {
     if (ino < INO_VARIANT_DIR0 || ino >= INO_VARIANT_DIR0 + (fuse_ino_t)st->vol->n_variants)
         return -1;
-    return (int)(ino - INO_VARIANT_DIR0);
+    int v = (int)(ino - INO_VARIANT_DIR0);
+    return st->vol->variants[v].hidden ? -1 : v; /* internal variants are not served */
 }
 
 static int valid_slice_ino(const fs_state *st, fuse_ino_t ino)
@@ -68,7 +69,8 @@ static int valid_slice_ino(const fs_state *st, fuse_ino_t ino)
     if (!IS_SLICE_INO(ino))
         return 0;
     int v = INO_VARIANT(ino);
-    return v >= 0 && v < st->vol->n_variants && INO_SLICE(ino) < st->vol->scan->rows;
+    return v >= 0 && v < st->vol->n_variants && !st->vol->variants[v].hidden &&
+           INO_SLICE(ino) < st->vol->scan->rows;
 }
 
 static void fill_attr(const fs_state *st, struct stat *attr, fuse_ino_t ino, int is_dir,
@@ -155,7 +157,9 @@ static int fixed_entries(const fs_state *st, fuse_ino_t dir, dirent_info *out, i
         if (n < max)
             out[n++] = (dirent_info){"scan.json", INO_SCAN_JSON};
         for (int v = 0; v < st->vol->n_variants && n < max; v++)
-            out[n++] = (dirent_info){st->vol->variants[v].name, INO_VARIANT_DIR0 + (fuse_ino_t)v};
+            if (!st->vol->variants[v].hidden)
+                out[n++] =
+                    (dirent_info){st->vol->variants[v].name, INO_VARIANT_DIR0 + (fuse_ino_t)v};
     } else if (dir == INO_CONTROL_DIR) {
         if (n < max)
             out[n++] = (dirent_info){"status", INO_STATUS};
@@ -558,7 +562,8 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
     s.f_frsize = 1 << 20;
     uint64_t bytes = 0;
     for (int v = 0; v < st->vol->n_variants; v++)
-        bytes += st->vol->variants[v].file_size * (uint64_t)st->vol->scan->rows;
+        if (!st->vol->variants[v].hidden)
+            bytes += st->vol->variants[v].file_size * (uint64_t)st->vol->scan->rows;
     s.f_blocks = (fsblkcnt_t)((bytes + (1u << 20) - 1) >> 20);
     s.f_files = (fsfilcnt_t)(st->vol->n_variants * (uint64_t)st->vol->scan->rows + 8);
     s.f_namemax = 255;

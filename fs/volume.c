@@ -24,6 +24,7 @@ void tomo_volume_options_default(tomo_volume_options *opts)
     opts->precision = TOMO_PRECISION_FAST;
     tomo_rings_params_default(&opts->rings);
     opts->rings.method = TOMO_RINGS_SORT;
+    opts->splits = 2;
 }
 
 /* ---- a growing text buffer for scan.json ---- */
@@ -144,20 +145,23 @@ static int build_scan_json(tomo_volume *vol, tomo_error *err)
     text_add(&t, "  \"center\": %.6f,\n  \"center_source\": \"%s\",\n", p0->center,
              vol->center_automatic ? "automatic" : "option");
     text_add(&t, "  \"units\": \"cm^-1\",\n  \"slices\": %d,\n  \"variants\": {\n", scan->rows);
+    int listed = 0;
     for (int v = 0; v < vol->n_variants; v++) {
         const tomo_volume_variant *var = &vol->variants[v];
+        if (var->hidden)
+            continue;
         text_add(&t,
-                 "    \"%s\": {\"filter\": \"%s\", \"pad\": \"%s\", \"bin\": %d, "
+                 "%s    \"%s\": {\"filter\": \"%s\", \"pad\": \"%s\", \"bin\": %d, "
                  "\"slice_size\": %d, \"file_bytes\": %llu, \"floor_counts\": %.6f, "
                  "\"black_fraction\": %.6f, \"key\": \"%016llx\", \"parameters\": ",
-                 var->name, tomo_filter_name(var->params.filter),
+                 listed++ ? ",\n" : "", var->name, tomo_filter_name(var->params.filter),
                  var->params.pad == TOMO_PAD_EDGE ? "edge" : "zero", var->params.bin, var->size,
                  (unsigned long long)var->file_size, var->params.prep.floor_counts,
                  var->params.prep.black_fraction, (unsigned long long)var->key);
         text_add_json_string(&t, var->params_text);
-        text_add(&t, "}%s\n", v + 1 < vol->n_variants ? "," : "");
+        text_add(&t, "}");
     }
-    text_add(&t, "  }\n}\n");
+    text_add(&t, "\n  }\n}\n");
     if (t.failed) {
         free(t.buf);
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory writing scan.json");
@@ -177,7 +181,8 @@ static int digits_of(int n)
     return d;
 }
 
-static void add_variant(tomo_volume *vol, const char *name, const tomo_recon_params *params)
+static tomo_volume_variant *add_variant(tomo_volume *vol, const char *name,
+                                        const tomo_recon_params *params)
 {
     tomo_volume_variant *var = &vol->variants[vol->n_variants++];
     snprintf(var->name, sizeof var->name, "%s", name);
@@ -188,6 +193,30 @@ static void add_variant(tomo_volume *vol, const char *name, const tomo_recon_par
     var->key = tomo_hash_bytes(h, var->params_text, strlen(var->params_text));
     var->size = tomo_recon_slice_size(vol->scan, params);
     var->file_size = tomo_tiff_file_size(var->size, var->size);
+    return var;
+}
+
+/* The K Noise2Inverse splits of the base variant, as internal variants. */
+static int add_splits(tomo_volume *vol, int K, tomo_error *err)
+{
+    if (K < 2 || K > TOMO_VOLUME_MAX_SPLITS || K > vol->scan->n_proj)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "splits=%d: Noise2Inverse needs 2 to %d projection subsets, and "
+                              "at most one per projection (the scan has %d)",
+                              K, TOMO_VOLUME_MAX_SPLITS, vol->scan->n_proj);
+    if (vol->n_variants + K > TOMO_VOLUME_MAX_VARIANTS)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "too many variants");
+    vol->n_splits = K;
+    vol->split_variant0 = vol->n_variants;
+    for (int k = 0; k < K; k++) {
+        tomo_recon_params params = vol->variants[vol->base_variant].params;
+        params.split_index = k;
+        params.split_count = K;
+        char name[32];
+        snprintf(name, sizeof name, "split_%d_of_%d", k, K);
+        add_variant(vol, name, &params)->hidden = 1;
+    }
+    return 0;
 }
 
 /* Makes the cache folder absolute now: the daemon changes to / when it detaches. */
@@ -245,6 +274,11 @@ int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tom
             goto fail;
         add_variant(vol, "rings-removed", &with_rings);
     }
+    vol->denoised_variant = -1;
+    vol->base_variant = vol->n_variants - 1; /* rings-removed/, or slices/ without it */
+    rc = add_splits(vol, opts->splits, err);
+    if (rc < 0)
+        goto fail;
     vol->name_digits = digits_of(vol->scan->rows - 1) > 5 ? digits_of(vol->scan->rows - 1) : 5;
     rc = build_scan_json(vol, err);
     if (rc < 0)
@@ -500,9 +534,62 @@ int tomo_volume_start(tomo_volume *vol, tomo_error *err)
 int tomo_volume_find_variant(const tomo_volume *vol, const char *name)
 {
     for (int v = 0; v < vol->n_variants; v++)
-        if (strcmp(vol->variants[v].name, name) == 0)
+        if (!vol->variants[v].hidden && strcmp(vol->variants[v].name, name) == 0)
             return v;
     return -1;
+}
+
+int tomo_volume_split_variant(const tomo_volume *vol, int k)
+{
+    return k >= 0 && k < vol->n_splits ? vol->split_variant0 + k : -1;
+}
+
+/* A blocking caller of tomo_volume_fetch. */
+typedef struct fetch_wait {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int finished;
+    tomo_slice *slice;
+    tomo_error err;
+} fetch_wait;
+
+static void fetch_done(void *arg, tomo_slice *slice, const tomo_error *err)
+{
+    fetch_wait *w = arg;
+    pthread_mutex_lock(&w->lock);
+    w->slice = slice ? tomo_slice_ref(slice) : NULL;
+    if (!slice) {
+        if (err)
+            w->err = *err;
+        else
+            tomo_error_set(&w->err, TOMO_E_INTERNAL, "no slice and no reason");
+    }
+    w->finished = 1;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int tomo_volume_fetch(tomo_volume *vol, int variant, int z, tomo_slice **slice, tomo_error *err)
+{
+    *slice = NULL;
+    if (variant < 0 || variant >= vol->n_variants || z < 0 || z >= vol->scan->rows)
+        return tomo_error_set(err, TOMO_E_INVALID, "%s: no slice %d in variant %d", vol->scan->path,
+                              z, variant);
+    fetch_wait w = {.finished = 0, .slice = NULL};
+    tomo_error_clear(&w.err);
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.cond, NULL);
+    tomo_volume_get(vol, variant, z, fetch_done, &w);
+    pthread_mutex_lock(&w.lock);
+    while (!w.finished)
+        pthread_cond_wait(&w.cond, &w.lock);
+    pthread_mutex_unlock(&w.lock);
+    pthread_mutex_destroy(&w.lock);
+    pthread_cond_destroy(&w.cond);
+    if (!w.slice)
+        return tomo_error_set(err, w.err.code ? w.err.code : TOMO_E_INTERNAL, "%s", w.err.message);
+    *slice = w.slice;
+    return 0;
 }
 
 void tomo_volume_slice_name(const tomo_volume *vol, int z, char *buf, size_t size)

@@ -34,15 +34,26 @@ typedef struct tomo_volume_options {
     int max_chunk;            /* slices per chunk at most */
     int device;               /* TOMO_DEVICE_AUTO, TOMO_DEVICE_CPU or a CUDA device index */
     tomo_precision precision; /* GPU back-projection: fast (packed fp16) or exact (fp32) */
+    int splits;               /* K, Noise2Inverse projection subsets; a loaded model's K wins */
+    char model[4096];         /* denoising model file; empty = the default place for the scan */
+    int model_off;            /* 1: look for no model; denoised/ holds its README (training) */
 } tomo_volume_options;
 
 void tomo_volume_options_default(tomo_volume_options *opts);
 
-#define TOMO_VOLUME_MAX_VARIANTS 4
+/* Most Noise2Inverse splits, K. */
+#define TOMO_VOLUME_MAX_SPLITS 8
 
-/* One folder of slices. */
+/* slices, rings-removed, K splits, denoised, and room for more folders */
+#define TOMO_VOLUME_MAX_VARIANTS 24
+
+/*
+ * One set of slices: a folder of the mount, or an internal one (a Noise2Inverse split) that
+ * is cached and computed like a folder but not listed.
+ */
 typedef struct tomo_volume_variant {
-    char name[32];            /* folder name, e.g. "slices" */
+    char name[32];            /* folder name, e.g. "slices"; "split_0_of_2" for a split */
+    int hidden;               /* 1: internal, not in the mount (splits) */
     tomo_recon_params params; /* resolved */
     char params_text[512];    /* tomo_recon_params_text() */
     uint64_t key;             /* hash of the scan fingerprint and params_text */
@@ -64,6 +75,16 @@ typedef struct tomo_volume {
     tomo_store *store;                          /* disk tier; NULL when off or unusable */
     int store_handle[TOMO_VOLUME_MAX_VARIANTS]; /* each variant's handle in the store */
     struct tomo_volume_loads *loads;            /* slices being read from the store */
+    /*
+     * Noise2Inverse: the K split variants are consecutive, from split_variant0; each has the
+     * parameters of base_variant (rings-removed/, or slices/ with rings=none) on every K-th
+     * projection. denoised_variant is the denoised/ folder, -1 while no model is loaded.
+     */
+    int n_splits;
+    int split_variant0;
+    int base_variant;
+    int denoised_variant;
+    struct tomo_volume_denoiser *denoiser; /* the model and its executor; NULL without */
 } tomo_volume;
 
 /*
@@ -79,8 +100,15 @@ int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tom
  */
 int tomo_volume_start(tomo_volume *vol, tomo_error *err);
 
-/* Index of the variant folder called `name`, or -1. */
+/* Index of the variant folder called `name`, or -1. Internal variants are not found. */
 int tomo_volume_find_variant(const tomo_volume *vol, const char *name);
+
+/*
+ * Index of the variant of Noise2Inverse split k (0 <= k < vol->n_splits): the reconstruction
+ * from projections k, k + K, k + 2K, ... with the parameters of the base variant. -1 when k
+ * is out of range.
+ */
+int tomo_volume_split_variant(const tomo_volume *vol, int k);
 
 /* "slice_00042.tif" for z = 42 (zero-padded to name_digits). */
 void tomo_volume_slice_name(const tomo_volume *vol, int z, char *buf, size_t size);
@@ -107,6 +135,16 @@ void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn d
  */
 void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, size_t length,
                       tomo_engine_done_fn done, void *arg);
+
+/*
+ * Gets slice z of a variant and waits for it: tomo_volume_get made blocking, for tools
+ * (training, export) that want pixels one slice at a time through the RAM tier, the disk
+ * tier and the engine, caching what is computed as a mount would. On success *slice is a new
+ * reference (release it with tomo_slice_unref) and 0 is returned; on failure *slice is NULL
+ * and err says why. Safe from any number of threads; never call it from an engine callback
+ * (a `done` function), which would wait on itself. Requires tomo_volume_start().
+ */
+int tomo_volume_fetch(tomo_volume *vol, int variant, int z, tomo_slice **slice, tomo_error *err);
 
 /*
  * Copies bytes [offset, offset + length) of the slice file into dst, from its header and

@@ -31,6 +31,8 @@ void tomo_recon_params_default(tomo_recon_params *params)
     params->bin = 1;
     tomo_prep_params_default(&params->prep);
     tomo_rings_params_default(&params->rings);
+    params->split_index = 0;
+    params->split_count = 1;
 }
 
 /* Truncation test on a few rows and a subset of views: cheap, and done once per volume. */
@@ -92,6 +94,11 @@ int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_er
     int rc = tomo_rings_validate(&params->rings, err);
     if (rc < 0)
         return rc;
+    if (params->split_count > 1 && (params->split_count > scan->n_proj || params->split_index < 0 ||
+                                    params->split_index >= params->split_count))
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "projection subset %d of %d: needs 0 <= k < K <= %d projections",
+                              params->split_index, params->split_count, scan->n_proj);
     /* resolved here so that the parameter text, and so the cache key, names the real width */
     if (params->rings.size == 0)
         params->rings.size = tomo_rings_auto_size(scan->width);
@@ -113,6 +120,9 @@ void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t s
         buf[len] = ' ';
         tomo_rings_params_text(&params->rings, 0, buf + len + 1, size - len - 1);
     }
+    len = strlen(buf);
+    if (params->split_count > 1 && len < size)
+        snprintf(buf + len, size - len, " split=%d/%d", params->split_index, params->split_count);
 }
 
 int tomo_recon_slice_size(const tomo_scan *scan, const tomo_recon_params *params)
@@ -168,6 +178,8 @@ typedef struct job {
 /* What one variant needs to reconstruct: its filter and back-projection geometry. */
 typedef struct variant_state {
     tomo_recon_params params;
+    const tomo_scan *scan; /* the engine's scan, or `subset` for a split */
+    tomo_scan *subset;     /* the projections of a split (tomo_scan_subset), owned */
     tomo_filter *filter;
     tomo_bp_plan plan;
     int size;
@@ -403,9 +415,9 @@ static void start_gpu(tomo_engine *engine, variant_state *vs)
 {
     tomo_cuda_config cc = {
         .device = engine->gpu,
-        .width = engine->scan->width,
-        .n_proj = engine->scan->n_proj,
-        .n_flat_groups = engine->scan->n_flat_groups,
+        .width = vs->scan->width,
+        .n_proj = vs->scan->n_proj,
+        .n_flat_groups = vs->scan->n_flat_groups,
         .max_rows = engine->config.max_chunk,
         .precision = engine->config.precision,
         .prep = vs->params.prep,
@@ -432,7 +444,7 @@ static int reconstruct_gpu(tomo_engine *engine, variant_state *vs, int z0, int n
         return -TOMO_E_UNSUPPORTED;
     double t0 = now_seconds();
     tomo_prep_refs refs;
-    int rc = tomo_prep_raw_rows(engine->scan, engine->pool, z0, nz, tomo_cuda_raw_buffer(vs->cuda),
+    int rc = tomo_prep_raw_rows(vs->scan, engine->pool, z0, nz, tomo_cuda_raw_buffer(vs->cuda),
                                 &refs, err);
     *read_seconds = now_seconds() - t0;
     if (rc < 0)
@@ -456,8 +468,8 @@ static int reconstruct_gpu(tomo_engine *engine, variant_state *vs, int z0, int n
 static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **out,
                        double *read_seconds, tomo_error *err)
 {
-    const tomo_scan *scan = engine->scan;
     variant_state *vs = &engine->variants[v];
+    const tomo_scan *scan = vs->scan;
     long width = scan->width, m = scan->n_proj;
     long slice_stride = m * width;
     size_t image_px = (size_t)vs->size * (size_t)vs->size;
@@ -687,12 +699,21 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         goto fail;
     }
     engine->n_variants = n_variants;
-    for (int m = 0; m < scan->n_proj; m++)
-        angles[m] = (scan->proj_angle_deg[m] - scan->proj_angle_deg[0]) * (M_PI / 180.0);
 
     for (int v = 0; v < n_variants; v++) {
         variant_state *vs = &engine->variants[v];
         vs->params = variants[v];
+        vs->scan = scan;
+        if (vs->params.split_count > 1) {
+            rc = tomo_scan_subset(scan, vs->params.split_index, vs->params.split_count, &vs->subset,
+                                  err);
+            if (rc < 0)
+                goto fail;
+            vs->scan = vs->subset;
+        }
+        /* angles from the first view of the whole scan, so a split is not rotated */
+        for (int m = 0; m < vs->scan->n_proj; m++)
+            angles[m] = (vs->scan->proj_angle_deg[m] - scan->proj_angle_deg[0]) * (M_PI / 180.0);
         vs->size = tomo_recon_slice_size(scan, &vs->params);
         vs->chunk = engine->config.first_chunk;
         vs->last_start = vs->last_end = -1;
@@ -704,10 +725,10 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         size_t need = tomo_filter_scratch_size(vs->filter);
         if (need > engine->filter_scratch)
             engine->filter_scratch = need;
-        need = tomo_rings_scratch_size(&vs->params.rings, scan->n_proj, scan->width);
+        need = tomo_rings_scratch_size(&vs->params.rings, vs->scan->n_proj, scan->width);
         if (need > engine->rings_scratch)
             engine->rings_scratch = need;
-        rc = tomo_bp_plan_init(&vs->plan, scan->width, angles, NULL, scan->n_proj,
+        rc = tomo_bp_plan_init(&vs->plan, scan->width, angles, NULL, vs->scan->n_proj,
                                vs->params.center, vs->params.pixel_um * 1e-4, vs->params.bin, err);
         if (rc < 0)
             goto fail;
@@ -722,9 +743,10 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
     rc = choose_backend(engine, slots, err);
     if (rc < 0)
         goto fail;
-    /* GPU memory is taken now, so the first read does not wait for it */
+    /* GPU memory is taken now, so the first read does not wait for it (splits: at first use) */
     for (int v = 0; v < n_variants && engine->gpu >= 0; v++)
-        if (gpu_takes(engine, &engine->variants[v], 1))
+        if (engine->variants[v].params.split_count <= 1 &&
+            gpu_takes(engine, &engine->variants[v], 1))
             start_gpu(engine, &engine->variants[v]);
     engine->scratch = calloc((size_t)slots, sizeof *engine->scratch);
     if (!engine->scratch) {
@@ -917,6 +939,7 @@ void tomo_engine_destroy(tomo_engine *engine)
         tomo_cuda_destroy(engine->variants[v].cuda);
         tomo_filter_destroy(engine->variants[v].filter);
         tomo_bp_plan_free(&engine->variants[v].plan);
+        tomo_scan_close(engine->variants[v].subset);
     }
     free(engine->variants);
     pthread_mutex_destroy(&engine->lock);

@@ -34,6 +34,13 @@ typedef struct tomo_recon_params {
     int bin;           /* output binning, 1 = full resolution */
     tomo_prep_params prep;
     tomo_rings_params rings; /* stripe removal between preprocessing and filtering; NONE = off */
+    /*
+     * Noise2Inverse sub-reconstruction: with split_count K > 1, only projections split_index,
+     * split_index + K, split_index + 2K, ... are used (tomo_scan_subset), at their own angles
+     * and weights, so the slice is in cm^-1 like the full reconstruction. K <= 1: all of them.
+     */
+    int split_index;
+    int split_count;
 } tomo_recon_params;
 
 void tomo_recon_params_default(tomo_recon_params *params);
@@ -49,8 +56,9 @@ int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_er
 /*
  * The canonical text of a parameter set: every field that changes pixels, printed with
  * fixed precision, prefixed by the format version. Equal texts mean equal pixels. Ring
- * removal adds its keys (tomo_rings_params_text) only when it is on, so the text of a
- * parameter set without it is what it always was.
+ * removal adds its keys (tomo_rings_params_text) only when it is on, and a split
+ * (" split=k/K") only when K > 1, so the text of a parameter set without them is what it
+ * always was.
  */
 void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t size);
 

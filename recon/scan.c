@@ -209,6 +209,89 @@ void tomo_scan_close(tomo_scan *scan)
     free(scan);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Subsets of the projections                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct subset_reader {
+    const tomo_scan *parent;
+    int first; /* k */
+    int step;  /* K */
+} subset_reader;
+
+static int subset_read_rows(void *reader, tomo_frame_kind kind, int index, int z0, int nz,
+                            float *dst, tomo_error *err)
+{
+    const subset_reader *r = reader;
+    if (kind == TOMO_FRAME_PROJECTION)
+        index = r->first + index * r->step;
+    return tomo_scan_read_rows(r->parent, kind, index, z0, nz, dst, err);
+}
+
+static void subset_close(void *reader)
+{
+    free(reader);
+}
+
+static const tomo_scan_reader_ops subset_ops = {subset_read_rows, subset_close};
+
+int tomo_scan_subset(const tomo_scan *parent, int k, int K, tomo_scan **out, tomo_error *err)
+{
+    *out = NULL;
+    if (K < 1 || k < 0 || k >= K || k >= parent->n_proj)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "%s: projection subset %d of %d does not exist (the scan has %d "
+                              "projections)",
+                              parent->path, k, K, parent->n_proj);
+    int n = (parent->n_proj - k + K - 1) / K;
+    tomo_scan *scan = tomo_scan_alloc(n, parent->n_flat);
+    subset_reader *reader = malloc(sizeof *reader);
+    int *dark_frame = NULL;
+    if (parent->dark_frame && parent->n_dark > 0) {
+        dark_frame = malloc((size_t)parent->n_dark * sizeof *dark_frame);
+        if (dark_frame)
+            memcpy(dark_frame, parent->dark_frame, (size_t)parent->n_dark * sizeof *dark_frame);
+    }
+    if (!scan || !reader || (parent->dark_frame && parent->n_dark > 0 && !dark_frame)) {
+        tomo_scan_close(scan);
+        free(reader);
+        free(dark_frame);
+        return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory for a projection subset",
+                              parent->path);
+    }
+    memcpy(scan->path, parent->path, sizeof scan->path);
+    memcpy(scan->format, parent->format, sizeof scan->format);
+    scan->width = parent->width;
+    scan->rows = parent->rows;
+    scan->n_dark = parent->n_dark;
+    scan->n_flat_groups = parent->n_flat_groups;
+    for (int i = 0; i < n; i++) {
+        int m = k + i * K;
+        scan->proj_angle_deg[i] = parent->proj_angle_deg[m];
+        scan->proj_time[i] = parent->proj_time ? parent->proj_time[m] : 0.0;
+        scan->proj_frame[i] = parent->proj_frame ? parent->proj_frame[m] : m;
+    }
+    size_t n_flat = (size_t)parent->n_flat;
+    if (n_flat) {
+        if (parent->flat_time)
+            memcpy(scan->flat_time, parent->flat_time, n_flat * sizeof *scan->flat_time);
+        memcpy(scan->flat_group, parent->flat_group, n_flat * sizeof *scan->flat_group);
+        if (parent->flat_frame)
+            memcpy(scan->flat_frame, parent->flat_frame, n_flat * sizeof *scan->flat_frame);
+    }
+    scan->dark_frame = dark_frame;
+    scan->fingerprint = parent->fingerprint;
+    scan->mtime = parent->mtime;
+    memcpy(scan->source, parent->source, sizeof scan->source);
+    memcpy(scan->angle_source, parent->angle_source, sizeof scan->angle_source);
+    memcpy(scan->time_basis, parent->time_basis, sizeof scan->time_basis);
+    *reader = (subset_reader){parent, k, K};
+    scan->ops = &subset_ops;
+    scan->reader = reader;
+    *out = scan;
+    return 0;
+}
+
 /* calloc that never returns NULL for zero elements, so NULL always means out of memory. */
 static void *alloc_zeroed(int n, size_t size)
 {

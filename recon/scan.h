@@ -106,6 +106,16 @@ int tomo_scan_open(const char *path, const char *format, tomo_scan **out, tomo_e
 int tomo_scan_read_rows(const tomo_scan *scan, tomo_frame_kind kind, int index, int z0, int nz,
                         float *dst, tomo_error *err);
 
+/*
+ * A view of every K-th projection of `parent`, starting at projection k (0 <= k < K): the
+ * subset's projection i is the parent's projection k + i * K, with its angle, time and frame
+ * number; flats, darks, geometry, fingerprint and reports are the parent's. Reading goes
+ * through the parent's reader, so the subset must be closed (tomo_scan_close) before the
+ * parent. Noise2Inverse reconstructs each of the K interleaved subsets on its own. Returns 0,
+ * or TOMO_E_INVALID when K < 1, k is outside 0..K-1 or the subset would hold no projection.
+ */
+int tomo_scan_subset(const tomo_scan *parent, int k, int K, tomo_scan **out, tomo_error *err);
+
 /* Closes the reader and frees the scan. NULL is allowed. */
 void tomo_scan_close(tomo_scan *scan);
 
