@@ -1,0 +1,234 @@
+/*
+ * denoise/serve.c - one denoised slice from the split reconstructions around it.
+ */
+#include "serve.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tomo_n2i {
+    tomo_model *model;
+    tomo_unet_exec *exec;
+    int size;     /* S, slice side */
+    int K;        /* splits */
+    int channels; /* C = 2 context + 1 */
+    int context;
+    int tile;      /* T, side of the network's input (P for a full slice) */
+    int margin;    /* overlap kept out of each tile's contribution (0 for a full slice) */
+    int step;      /* T - 2 margin: pixels each tile contributes per side */
+    int origin;    /* slice coordinate of the first tile's first pixel */
+    float *input;  /* [C][T][T] */
+    float *output; /* [T][T] */
+    double *acc;   /* [S][S], sum over k of the network's output */
+    char backend[256];
+};
+
+void tomo_n2i_config_default(tomo_n2i_config *config)
+{
+    memset(config, 0, sizeof *config);
+    config->device = TOMO_UNET_DEVICE_AUTO;
+}
+
+static int round_up(int n, int multiple)
+{
+    return (n + multiple - 1) / multiple * multiple;
+}
+
+static int make_exec(tomo_n2i *n2i, const tomo_n2i_config *config, int side, tomo_error *err)
+{
+    tomo_unet_exec_config ec = {
+        .device = config->device,
+        .threads = config->threads,
+        .batch = 1,
+        .height = side,
+        .width = side,
+        .training = 0,
+        .exact = config->exact,
+    };
+    return tomo_unet_exec_create(n2i->model->net, &ec, &n2i->exec, err);
+}
+
+int tomo_n2i_check_model(const tomo_model *model, const char *path, tomo_error *err)
+{
+    const tomo_unet_config *nc = &model->net->config;
+    int K = model->split.k, context = model->split.context;
+    if (K < 2 || context < 0 || nc->in_channels != 2 * context + 1)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "%s: %d splits with %d slices of context do not fit a network of "
+                              "%d input channels (needs K >= 2 and 2 context + 1 channels)",
+                              path, K, context, nc->in_channels);
+    if (!(model->std > 0) || !isfinite(model->std) || !isfinite(model->mean))
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "%s: normalisation mean %g, std %g (needs a positive, finite std)",
+                              path, model->mean, model->std);
+    return 0;
+}
+
+int tomo_n2i_create(tomo_model *model, int size, const tomo_n2i_config *config, tomo_n2i **out,
+                    tomo_error *err)
+{
+    *out = NULL;
+    tomo_n2i_config defaults;
+    if (!config) {
+        tomo_n2i_config_default(&defaults);
+        config = &defaults;
+    }
+    int rc = tomo_n2i_check_model(model, "model", err);
+    if (rc < 0)
+        return rc;
+    const tomo_unet_config *nc = &model->net->config;
+    int K = model->split.k, context = model->split.context;
+    if (size < 1)
+        return tomo_error_set(err, TOMO_E_INVALID, "denoising: slice side %d", size);
+    tomo_n2i *n2i = calloc(1, sizeof *n2i);
+    if (!n2i)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    n2i->model = model;
+    n2i->size = size;
+    n2i->K = K;
+    n2i->context = context;
+    n2i->channels = nc->in_channels;
+    int unit = 1 << nc->levels;
+    int full = round_up(size, unit);
+    int margin = config->margin > 0 ? config->margin : 6 * unit;
+    if (config->tile > 0 && round_up(config->tile, unit) <= 2 * margin) {
+        free(n2i);
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "denoising: tiles of %d pixels leave nothing inside margins of %d",
+                              config->tile, margin);
+    }
+    rc = -TOMO_E_NOMEM;
+    if (config->tile <= 0) {
+        rc = make_exec(n2i, config, full, err);
+        if (rc == 0) {
+            n2i->tile = full;
+            n2i->margin = 0;
+            n2i->step = size;
+            n2i->origin = -(full - size) / 2;
+        } else if (rc == -TOMO_E_NOMEM) {
+            tomo_error_clear(err); /* tiles may fit */
+        }
+    }
+    /* Tiles: the requested side, or from 1024 down while they do not fit. */
+    for (int t = config->tile > 0 ? round_up(config->tile, unit) : 1024;
+         rc == -TOMO_E_NOMEM && t > 2 * margin; t /= 2) {
+        t = round_up(t, unit);
+        if (config->tile <= 0 && t >= full)
+            continue; /* no smaller than what already failed */
+        rc = make_exec(n2i, config, t, err);
+        if (rc == 0) {
+            n2i->tile = t;
+            n2i->margin = margin;
+            n2i->step = t - 2 * margin;
+            n2i->origin = -margin;
+        } else if (rc == -TOMO_E_NOMEM && config->tile <= 0) {
+            tomo_error_clear(err);
+        } else {
+            break;
+        }
+    }
+    if (rc == -TOMO_E_NOMEM && !n2i->exec)
+        rc = tomo_error_set(err, TOMO_E_NOMEM,
+                            "denoising: not even a %d x %d tile of the network fits in memory",
+                            2 * margin + unit, 2 * margin + unit);
+    if (rc < 0) {
+        tomo_n2i_destroy(n2i);
+        return rc;
+    }
+    size_t t2 = (size_t)n2i->tile * (size_t)n2i->tile;
+    n2i->input = malloc((size_t)n2i->channels * t2 * sizeof *n2i->input);
+    n2i->output = malloc(t2 * sizeof *n2i->output);
+    n2i->acc = malloc((size_t)size * (size_t)size * sizeof *n2i->acc);
+    if (!n2i->input || !n2i->output || !n2i->acc) {
+        tomo_n2i_destroy(n2i);
+        return tomo_error_set(err, TOMO_E_NOMEM, "denoising: out of memory for %d x %d inputs",
+                              full, full);
+    }
+    if (n2i->margin == 0)
+        snprintf(n2i->backend, sizeof n2i->backend, "%s, full %d x %d slice (padded to %d)",
+                 tomo_unet_exec_backend(n2i->exec), size, size, full);
+    else
+        snprintf(n2i->backend, sizeof n2i->backend, "%s, %d x %d tiles overlapping by %d",
+                 tomo_unet_exec_backend(n2i->exec), n2i->tile, n2i->tile, n2i->margin);
+    *out = n2i;
+    return 0;
+}
+
+int tomo_n2i_inputs(const tomo_n2i *n2i)
+{
+    return n2i->K * n2i->channels;
+}
+
+/*
+ * The network's input for left-out split k over the tile whose first pixel is at slice
+ * coordinates (y0, x0): rows and columns outside the slice are reflected.
+ */
+static void fill_input(tomo_n2i *n2i, const float *const *inputs, int k, int y0, int x0)
+{
+    const int S = n2i->size, T = n2i->tile, C = n2i->channels, K = n2i->K;
+    const double mean = n2i->model->mean;
+    const double inv_std = 1.0 / n2i->model->std;
+    const double inv_rest = 1.0 / (K - 1);
+    for (int c = 0; c < C; c++) {
+        float *dst = n2i->input + (size_t)c * T * T;
+        for (int y = 0; y < T; y++) {
+            size_t row = (size_t)tomo_model_reflect(y0 + y, S) * (size_t)S;
+            for (int x = 0; x < T; x++) {
+                size_t at = row + (size_t)tomo_model_reflect(x0 + x, S);
+                double sum = 0;
+                for (int j = 0; j < K; j++)
+                    if (j != k)
+                        sum += inputs[j * C + c][at];
+                dst[(size_t)y * T + x] = (float)((sum * inv_rest - mean) * inv_std);
+            }
+        }
+    }
+}
+
+int tomo_n2i_denoise_slice(tomo_n2i *n2i, const float *const *inputs, const unsigned char *mask,
+                           float *out, tomo_error *err)
+{
+    const int S = n2i->size, T = n2i->tile, step = n2i->step;
+    const size_t npx = (size_t)S * (size_t)S;
+    memset(n2i->acc, 0, npx * sizeof *n2i->acc);
+    int tiles = (S + step - 1) / step;
+    for (int k = 0; k < n2i->K; k++)
+        for (int ty = 0; ty < tiles; ty++)
+            for (int tx = 0; tx < tiles; tx++) {
+                /* the tile contributes slice pixels [v0, v0 + step) x [u0, u0 + step) */
+                int v0 = ty * step, u0 = tx * step;
+                int y0 = v0 + n2i->origin, x0 = u0 + n2i->origin;
+                fill_input(n2i, inputs, k, y0, x0);
+                int rc = tomo_unet_forward(n2i->exec, n2i->input, 1, n2i->output, err);
+                if (rc < 0)
+                    return rc;
+                for (int v = v0; v < v0 + step && v < S; v++) {
+                    const float *src = n2i->output + (size_t)(v - y0) * T - x0;
+                    double *dst = n2i->acc + (size_t)v * S;
+                    for (int u = u0; u < u0 + step && u < S; u++)
+                        dst[u] += src[u];
+                }
+            }
+    const double scale = n2i->model->std / n2i->K, mean = n2i->model->mean;
+    for (size_t i = 0; i < npx; i++)
+        out[i] = mask && !mask[i] ? 0.0f : (float)(n2i->acc[i] * scale + mean);
+    return 0;
+}
+
+const char *tomo_n2i_backend(const tomo_n2i *n2i)
+{
+    return n2i->backend;
+}
+
+void tomo_n2i_destroy(tomo_n2i *n2i)
+{
+    if (!n2i)
+        return;
+    tomo_unet_exec_destroy(n2i->exec);
+    free(n2i->input);
+    free(n2i->output);
+    free(n2i->acc);
+    free(n2i);
+}
