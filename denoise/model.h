@@ -90,6 +90,7 @@ typedef struct tomo_model {
     tomo_rng rng;              /* state after the last step taken */
     tomo_loss_record *history; /* [n_history], one per step, in order */
     size_t n_history;
+    size_t history_capacity; /* allocated rows */
 
     double mean, std; /* normalisation: x' = (x - mean) / std */
     tomo_split split;
