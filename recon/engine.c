@@ -33,6 +33,16 @@ void tomo_recon_params_default(tomo_recon_params *params)
     tomo_rings_params_default(&params->rings);
     params->split_index = 0;
     params->split_count = 1;
+    params->zbin = 1;
+}
+
+double tomo_recon_sweep_center(const tomo_center_sweep *sweep, int k)
+{
+    double scale = 1.0;
+    for (int d = 0; d < sweep->decimals; d++)
+        scale *= 10.0;
+    /* an integer over a power of ten: correctly rounded, like strtod of the decimal text */
+    return (double)(sweep->first + (long long)k * sweep->step) / scale;
 }
 
 /* Truncation test on a few rows and a subset of views: cheap, and done once per volume. */
@@ -99,6 +109,26 @@ int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_er
         return tomo_error_set(err, TOMO_E_INVALID,
                               "projection subset %d of %d: needs 0 <= k < K <= %d projections",
                               params->split_index, params->split_count, scan->n_proj);
+    if (params->zbin < 1 || params->zbin > scan->rows)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "bin=%d: must be between 1 and the number of detector rows %d",
+                              params->zbin, scan->rows);
+    if (params->sweep.count > 0) {
+        const tomo_center_sweep *sw = &params->sweep;
+        double first = tomo_recon_sweep_center(sw, 0);
+        double last = tomo_recon_sweep_center(sw, sw->count - 1);
+        if (sw->step <= 0 || sw->decimals < 0 || sw->decimals > 6)
+            return tomo_error_set(err, TOMO_E_INVALID, "centre sweep: the step must be positive");
+        if (sw->slice < 0 || sw->slice >= scan->rows / params->zbin)
+            return tomo_error_set(err, TOMO_E_INVALID,
+                                  "centre sweep: slice %d is outside the volume (0 to %d)",
+                                  sw->slice, scan->rows / params->zbin - 1);
+        if (!(first > 0 && last < scan->width - 1))
+            return tomo_error_set(err, TOMO_E_INVALID,
+                                  "centre sweep %.*f to %.*f: centres must lie inside the "
+                                  "detector (0 to %d columns)",
+                                  sw->decimals, first, sw->decimals, last, scan->width - 1);
+    }
     /* resolved here so that the parameter text, and so the cache key, names the real width */
     if (params->rings.size == 0)
         params->rings.size = tomo_rings_auto_size(scan->width);
@@ -123,11 +153,30 @@ void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t s
     len = strlen(buf);
     if (params->split_count > 1 && len < size)
         snprintf(buf + len, size - len, " split=%d/%d", params->split_index, params->split_count);
+    len = strlen(buf);
+    if (params->zbin > 1 && len < size)
+        snprintf(buf + len, size - len, " zbin=%d", params->zbin);
+    len = strlen(buf);
+    if (params->sweep.count > 0 && len < size) {
+        const tomo_center_sweep *sw = &params->sweep;
+        tomo_center_sweep step = *sw;
+        step.first = sw->step; /* its centre 0 is the step in columns */
+        snprintf(buf + len, size - len, " center_sweep=%d:%.*f:%.*f:%d", sw->slice, sw->decimals,
+                 tomo_recon_sweep_center(sw, 0), sw->decimals, tomo_recon_sweep_center(&step, 0),
+                 sw->count);
+    }
 }
 
 int tomo_recon_slice_size(const tomo_scan *scan, const tomo_recon_params *params)
 {
     return scan->width / (params->bin > 0 ? params->bin : 1);
+}
+
+int tomo_recon_slice_count(const tomo_scan *scan, const tomo_recon_params *params)
+{
+    if (params->sweep.count > 0)
+        return params->sweep.count;
+    return scan->rows / (params->zbin > 0 ? params->zbin : 1);
 }
 
 void tomo_engine_config_default(tomo_engine_config *config)
@@ -183,6 +232,7 @@ typedef struct variant_state {
     tomo_filter *filter;
     tomo_bp_plan plan;
     int size;
+    int count;       /* slices: tomo_recon_slice_count() */
     tomo_cuda *cuda; /* created at the first chunk that runs on the GPU */
     int gpu_failed;  /* the GPU could not take this variant: the CPU does it */
     /* sequential-read detection */
@@ -402,7 +452,22 @@ static double now_seconds(void)
 static int gpu_takes(const tomo_engine *engine, const variant_state *vs, int nz)
 {
     return engine->gpu >= 0 && !vs->gpu_failed && tomo_cuda_supports_rings(&vs->params.rings) &&
-           nz <= engine->config.max_chunk;
+           nz <= engine->config.max_chunk && vs->params.zbin <= 1 && vs->params.sweep.count == 0;
+}
+
+/* Averages each group of zb consecutive sinograms into the first n sinograms, in place. */
+static void average_sinograms(float *sino, int n, int zb, size_t stride)
+{
+    for (int i = 0; i < n; i++) {
+        float *out = sino + (size_t)i * stride;
+        const float *in = sino + (size_t)i * (size_t)zb * stride; /* never before out */
+        for (size_t e = 0; e < stride; e++) {
+            double sum = 0;
+            for (int j = 0; j < zb; j++)
+                sum += in[(size_t)j * stride + e];
+            out[e] = (float)(sum / zb);
+        }
+    }
 }
 
 /*
@@ -494,7 +559,12 @@ static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **
         tomo_error_clear(err); /* the GPU gave up on this variant: the CPU takes over */
     }
 
-    size_t sino_bytes = (size_t)nz * (size_t)slice_stride * sizeof(float);
+    /* detector rows read: zbin per slice, averaged below; a sweep reads its one slice */
+    int zb = vs->params.zbin > 1 ? vs->params.zbin : 1;
+    int sweep = vs->params.sweep.count > 0;
+    int n_sino = sweep ? 1 : nz;
+    int row0 = (sweep ? vs->params.sweep.slice : z0) * zb;
+    size_t sino_bytes = (size_t)n_sino * (size_t)zb * (size_t)slice_stride * sizeof(float);
     sino = aligned_alloc(64, (sino_bytes + 63) & ~(size_t)63);
     images = malloc((size_t)nz * image_px * sizeof(float));
     if (!sino || !images) {
@@ -503,23 +573,35 @@ static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **
         goto out;
     }
     double t0 = now_seconds();
-    rc = tomo_prep_rows(scan, &vs->params.prep, engine->pool, NULL, (int)m, z0, nz, sino, &stats,
-                        err);
+    rc = tomo_prep_rows(scan, &vs->params.prep, engine->pool, NULL, (int)m, row0, n_sino * zb, sino,
+                        &stats, err);
     *read_seconds = now_seconds() - t0;
     if (rc < 0)
         goto out;
+    if (zb > 1)
+        average_sinograms(sino, n_sino, zb, (size_t)slice_stride);
     if (vs->params.rings.method != TOMO_RINGS_NONE) {
-        rc = remove_rings(engine, &vs->params.rings, sino, nz, (int)m, (int)width, z0, err);
+        rc = remove_rings(engine, &vs->params.rings, sino, n_sino, (int)m, (int)width, z0, err);
         if (rc < 0)
             goto out;
     }
 
-    struct filter_task ft = {engine, vs->filter, sino, (int)width, (long)nz * m, 16};
+    struct filter_task ft = {engine, vs->filter, sino, (int)width, (long)n_sino * m, 16};
     tomo_pool_run(engine->pool, (int)((ft.n_rows + ft.rows_per_task - 1) / ft.rows_per_task),
                   filter_rows_task, &ft);
 
-    struct bp_task bt = {&vs->plan, sino, slice_stride, nz, images, 16};
-    tomo_pool_run(engine->pool, (vs->size + bt.band - 1) / bt.band, bp_task_run, &bt);
+    for (int i = 0; i < (sweep ? nz : 1); i++) {
+        /* a sweep's slices differ only in the centre: the plan's views and weights are shared,
+           the centre and the circle are those tomo_bp_plan_init() gives for that centre */
+        tomo_bp_plan plan = vs->plan;
+        if (sweep) {
+            plan.center = tomo_recon_sweep_center(&vs->params.sweep, z0 + i);
+            plan.fov_radius = fmin(plan.center, (double)(plan.width - 1) - plan.center);
+        }
+        struct bp_task bt = {
+            &plan, sino, slice_stride, sweep ? 1 : nz, images + (size_t)i * image_px, 16};
+        tomo_pool_run(engine->pool, (vs->size + bt.band - 1) / bt.band, bp_task_run, &bt);
+    }
     for (int i = 0; i < nz; i++)
         memcpy(pixels[i], images + (size_t)i * image_px, image_px * sizeof(float));
 out:
@@ -715,6 +797,7 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         for (int m = 0; m < vs->scan->n_proj; m++)
             angles[m] = (vs->scan->proj_angle_deg[m] - scan->proj_angle_deg[0]) * (M_PI / 180.0);
         vs->size = tomo_recon_slice_size(scan, &vs->params);
+        vs->count = tomo_recon_slice_count(scan, &vs->params);
         vs->chunk = engine->config.first_chunk;
         vs->last_start = vs->last_end = -1;
         vs->filter = tomo_filter_create(scan->width, vs->params.filter, vs->params.pad, err);
@@ -782,7 +865,8 @@ void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_do
 {
     tomo_error err;
     tomo_error_clear(&err);
-    if (variant < 0 || variant >= engine->n_variants || z < 0 || z >= engine->scan->rows) {
+    if (variant < 0 || variant >= engine->n_variants || z < 0 ||
+        z >= engine->variants[variant].count) {
         tomo_error_set(&err, TOMO_E_INVALID, "no slice %d in variant %d", z, variant);
         done(arg, NULL, &err);
         return;
@@ -815,14 +899,16 @@ void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_do
 
     /* Plan a chunk starting at z: larger while the reader moves forward through the volume. */
     variant_state *vs = &engine->variants[variant];
-    int cap = memory_cap(engine);
+    int cap = memory_cap(engine) / (vs->params.zbin > 1 ? vs->params.zbin : 1); /* rows/slice */
+    if (cap < 1)
+        cap = 1;
     if (vs->last_start >= 0 && z >= vs->last_start && z <= vs->last_end + vs->chunk)
         vs->chunk = vs->chunk * 2 < cap ? vs->chunk * 2 : cap;
     else
         vs->chunk = engine->config.first_chunk < cap ? engine->config.first_chunk : cap;
     int nz = 1;
-    while (nz < vs->chunk && z + nz < engine->scan->rows &&
-           !find_pending(engine, variant, z + nz) && !stored(engine, variant, z + nz))
+    while (nz < vs->chunk && z + nz < vs->count && !find_pending(engine, variant, z + nz) &&
+           !stored(engine, variant, z + nz))
         nz++;
     vs->last_start = z;
     vs->last_end = z + nz;
@@ -870,9 +956,11 @@ int tomo_engine_compute(tomo_engine *engine, int variant, int z0, int nz, tomo_s
                         tomo_error *err)
 {
     if (variant < 0 || variant >= engine->n_variants || z0 < 0 || nz < 1 ||
-        z0 + nz > engine->scan->rows)
-        return tomo_error_set(err, TOMO_E_INVALID, "slices %d-%d are outside the volume (0-%d)", z0,
-                              z0 + nz - 1, engine->scan->rows - 1);
+        z0 + nz > engine->variants[variant].count)
+        return tomo_error_set(
+            err, TOMO_E_INVALID, "slices %d-%d are outside the volume (0-%d)", z0, z0 + nz - 1,
+            variant >= 0 && variant < engine->n_variants ? engine->variants[variant].count - 1
+                                                         : engine->scan->rows - 1);
     sync_wait wait = {.finished = 0, .rc = 0, .out = out};
     pthread_cond_init(&wait.cond, NULL);
     tomo_error_clear(&wait.err);

@@ -25,6 +25,21 @@
 #include "scan.h"
 #include "slice.h"
 
+/*
+ * Centres (first + k step) / 10^decimals for k = 0 .. count - 1, held as integers so that the
+ * centre of slice k is the double nearest to its decimal text, the same as strtod() of it.
+ */
+typedef struct tomo_center_sweep {
+    int count;       /* 0 = no sweep */
+    int slice;       /* the slice reconstructed (an index of the variant without the sweep) */
+    long long first; /* first centre, in units of 10^-decimals columns */
+    long long step;  /* > 0, same units */
+    int decimals;    /* 0 to 6 */
+} tomo_center_sweep;
+
+/* Centre k of a sweep, in detector columns. */
+double tomo_recon_sweep_center(const tomo_center_sweep *sweep, int k);
+
 /* Everything that determines the pixels of a reconstruction. */
 typedef struct tomo_recon_params {
     tomo_filter_kind filter;
@@ -41,6 +56,18 @@ typedef struct tomo_recon_params {
      */
     int split_index;
     int split_count;
+    /*
+     * Rows per slice: slice z is reconstructed from the average of the preprocessed detector
+     * rows z zbin ... z zbin + zbin - 1 (absorbance, before ring removal and filtering); the
+     * last rows % zbin rows are left out. 1 = one row per slice. On the CPU only.
+     */
+    int zbin;
+    /*
+     * Centre sweep: with sweep.count > 0 the variant has sweep.count slices, slice k being
+     * slice sweep.slice reconstructed with the centre tomo_recon_sweep_center(&sweep, k)
+     * instead of `center`. On the CPU only.
+     */
+    tomo_center_sweep sweep;
 } tomo_recon_params;
 
 void tomo_recon_params_default(tomo_recon_params *params);
@@ -56,14 +83,18 @@ int tomo_recon_resolve(const tomo_scan *scan, tomo_recon_params *params, tomo_er
 /*
  * The canonical text of a parameter set: every field that changes pixels, printed with
  * fixed precision, prefixed by the format version. Equal texts mean equal pixels. Ring
- * removal adds its keys (tomo_rings_params_text) only when it is on, and a split
- * (" split=k/K") only when K > 1, so the text of a parameter set without them is what it
- * always was.
+ * removal adds its keys (tomo_rings_params_text) only when it is on, a split
+ * (" split=k/K") only when K > 1, " zbin=B" only when B > 1 and a sweep
+ * (" center_sweep=slice:first:step:count") only when there is one, so the text of a
+ * parameter set without them is what it always was.
  */
 void tomo_recon_params_text(const tomo_recon_params *params, char *buf, size_t size);
 
 /* Side of the slices a parameter set produces. */
 int tomo_recon_slice_size(const tomo_scan *scan, const tomo_recon_params *params);
+
+/* Number of slices a parameter set produces: rows / zbin, or the sweep's count. */
+int tomo_recon_slice_count(const tomo_scan *scan, const tomo_recon_params *params);
 
 typedef struct tomo_engine tomo_engine;
 
