@@ -212,6 +212,10 @@ int tomo_unet_exec_create(tomo_unet *net, const tomo_unet_exec_config *config, t
         return tomo_error_set(err, TOMO_E_INVALID,
                               "network: image %dx%d (sides must be positive multiples of %d)",
                               config->width, config->height, multiple);
+    if (config->device < TOMO_UNET_DEVICE_CPU)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "network: device %d (must be auto, cpu or a CUDA index)",
+                              config->device);
     if (config->device == TOMO_UNET_DEVICE_CPU)
         return tomo_unet_cpu_exec_create(net, config, out, err);
     if (config->device >= 0)
@@ -228,7 +232,10 @@ int tomo_unet_exec_create(tomo_unet *net, const tomo_unet_exec_config *config, t
 static int check_batch(const tomo_unet_exec *exec, const void *in, int n, const void *out,
                        tomo_error *err)
 {
-    if (!in || !out || n < 1 || n > exec->config.batch)
+    if (!in || !out)
+        return tomo_error_set(err, TOMO_E_INVALID, "network: no %s array",
+                              in ? "output or target" : "input");
+    if (n < 1 || n > exec->config.batch)
         return tomo_error_set(err, TOMO_E_INVALID, "network: %d images for a batch of %d", n,
                               exec->config.batch);
     return 0;
@@ -251,19 +258,25 @@ int tomo_unet_forward(tomo_unet_exec *exec, const float *in, int n, float *out, 
 int tomo_unet_gradient(tomo_unet_exec *exec, const float *in, const float *target, int n,
                        double *loss, float *grad, tomo_error *err)
 {
+    double ignored;
     int rc = check_batch(exec, in, n, target, err);
     if (rc == 0)
         rc = check_training(exec, err);
-    return rc < 0 ? rc : exec->ops->gradient(exec, in, target, n, loss, grad, err);
+    return rc < 0 ? rc
+                  : exec->ops->gradient(exec, in, target, n, loss ? loss : &ignored, grad, err);
 }
 
 int tomo_unet_train_step(tomo_unet_exec *exec, const float *in, const float *target, int n,
                          const tomo_adam_params *adam, double *loss, tomo_error *err)
 {
+    double ignored;
     int rc = check_batch(exec, in, n, target, err);
     if (rc == 0)
         rc = check_training(exec, err);
-    return rc < 0 ? rc : exec->ops->train_step(exec, in, target, n, adam, loss, err);
+    if (rc == 0 && !adam)
+        rc = tomo_error_set(err, TOMO_E_INVALID, "network: no Adam settings");
+    return rc < 0 ? rc
+                  : exec->ops->train_step(exec, in, target, n, adam, loss ? loss : &ignored, err);
 }
 
 int tomo_unet_exec_pull(tomo_unet_exec *exec, tomo_error *err)

@@ -34,6 +34,15 @@ int tomo_unet_cpu_exec_create(tomo_unet *net, const tomo_unet_exec_config *confi
                               tomo_unet_exec **out, tomo_error *err);
 
 /*
+ * For tests, on a CPU executor created for training: the forward pass with batch statistics
+ * (the one tomo_unet_gradient() differentiates), its output (n x height x width) and, when
+ * batch_stats is not NULL, the batch means and biased variances in the layout of the
+ * network's buffers (n_buffers floats).
+ */
+int tomo_unet_cpu_forward_train(tomo_unet_exec *exec, const float *in, int n, float *out,
+                                float *batch_stats, tomo_error *err);
+
+/*
  * unet_cuda.cu (or unet_cuda_stub.c without CUDA): cuDNN and cuBLAS. `config->device` is a
  * CUDA index >= 0. Returns TOMO_E_UNSUPPORTED when the build or the machine has no such GPU.
  */
