@@ -13,5 +13,6 @@ int tomo_cmd_export(int argc, char **argv);
 int tomo_cmd_phantom(int argc, char **argv);
 int tomo_cmd_bench(int argc, char **argv);
 int tomo_cmd_cache(int argc, char **argv);
+int tomo_cmd_train(int argc, char **argv);
 
 #endif

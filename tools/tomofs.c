@@ -16,6 +16,7 @@ static const char usage[] =
     "  export SCAN OUTDIR [--range A:B]   write slices as files, identical to the mounted ones\n"
     "  phantom OUTDIR --width W --rows H --projections M\n"
     "                                     write a simulated SPring-8 scan with known truth\n"
+    "  train SCAN [--epochs N] [--resume] train the denoising model of denoised/\n"
     "  bench SCAN [--rows N]              time the reconstruction stages on this machine\n"
     "  cache stats|verify|clear           show, check or empty the slice cache on disk\n"
     "\n"
@@ -42,7 +43,7 @@ int main(int argc, char **argv)
     } commands[] = {
         {"mount", tomo_cmd_mount}, {"umount", tomo_cmd_umount}, {"unmount", tomo_cmd_umount},
         {"info", tomo_cmd_info},   {"export", tomo_cmd_export}, {"phantom", tomo_cmd_phantom},
-        {"bench", tomo_cmd_bench}, {"cache", tomo_cmd_cache},
+        {"bench", tomo_cmd_bench}, {"cache", tomo_cmd_cache},   {"train", tomo_cmd_train},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(cmd, commands[i].name) == 0)
