@@ -18,7 +18,7 @@ struct tomo_n2i {
     int tile;      /* T, side of the network's input (P for a full slice) */
     int margin;    /* overlap kept out of each tile's contribution (0 for a full slice) */
     int step;      /* T - 2 margin: pixels each tile contributes per side */
-    int origin;    /* slice coordinate of the first tile's first pixel */
+    int pad;       /* (P - S) / 2: rows and columns of reflection before the slice */
     float *input;  /* [C][T][T] */
     float *output; /* [T][T] */
     double *acc;   /* [S][S], sum over k of the network's output */
@@ -92,7 +92,13 @@ int tomo_n2i_create(tomo_model *model, int size, const tomo_n2i_config *config, 
     n2i->channels = nc->in_channels;
     int unit = 1 << nc->levels;
     int full = round_up(size, unit);
-    int margin = config->margin > 0 ? config->margin : 6 * unit;
+    /*
+     * A 3x3 convolution at level l reaches 2^l pixels further, a 2x2 pooling from level l
+     * 2^l, so an output pixel sees 7 * 2^L - 5 pixels either side: with a margin beyond that
+     * (a multiple of 2^L, so that tiles pool on the full slice's grid) tiles give the full
+     * slice's pixels wherever the full slice's own padding is out of reach.
+     */
+    int margin = round_up(config->margin > 0 ? config->margin : 7 * unit, unit);
     if (config->tile > 0 && round_up(config->tile, unit) <= 2 * margin) {
         free(n2i);
         return tomo_error_set(err, TOMO_E_INVALID,
@@ -105,8 +111,7 @@ int tomo_n2i_create(tomo_model *model, int size, const tomo_n2i_config *config, 
         if (rc == 0) {
             n2i->tile = full;
             n2i->margin = 0;
-            n2i->step = size;
-            n2i->origin = -(full - size) / 2;
+            n2i->step = full;
         } else if (rc == -TOMO_E_NOMEM) {
             tomo_error_clear(err); /* tiles may fit */
         }
@@ -122,7 +127,6 @@ int tomo_n2i_create(tomo_model *model, int size, const tomo_n2i_config *config, 
             n2i->tile = t;
             n2i->margin = margin;
             n2i->step = t - 2 * margin;
-            n2i->origin = -margin;
         } else if (rc == -TOMO_E_NOMEM && config->tile <= 0) {
             tomo_error_clear(err);
         } else {
@@ -137,6 +141,7 @@ int tomo_n2i_create(tomo_model *model, int size, const tomo_n2i_config *config, 
         tomo_n2i_destroy(n2i);
         return rc;
     }
+    n2i->pad = (full - size) / 2;
     size_t t2 = (size_t)n2i->tile * (size_t)n2i->tile;
     n2i->input = malloc((size_t)n2i->channels * t2 * sizeof *n2i->input);
     n2i->output = malloc(t2 * sizeof *n2i->output);
@@ -193,21 +198,23 @@ int tomo_n2i_denoise_slice(tomo_n2i *n2i, const float *const *inputs, const unsi
     const int S = n2i->size, T = n2i->tile, step = n2i->step;
     const size_t npx = (size_t)S * (size_t)S;
     memset(n2i->acc, 0, npx * sizeof *n2i->acc);
-    int tiles = (S + step - 1) / step;
+    /* tiles on the grid of the padded slice, whose pixel 0 is slice pixel -pad */
+    int tiles = (S + n2i->pad + step - 1) / step;
     for (int k = 0; k < n2i->K; k++)
         for (int ty = 0; ty < tiles; ty++)
             for (int tx = 0; tx < tiles; tx++) {
                 /* the tile contributes slice pixels [v0, v0 + step) x [u0, u0 + step) */
-                int v0 = ty * step, u0 = tx * step;
-                int y0 = v0 + n2i->origin, x0 = u0 + n2i->origin;
+                int v0 = ty * step - n2i->pad, u0 = tx * step - n2i->pad;
+                int y0 = v0 - n2i->margin, x0 = u0 - n2i->margin;
                 fill_input(n2i, inputs, k, y0, x0);
                 int rc = tomo_unet_forward(n2i->exec, n2i->input, 1, n2i->output, err);
                 if (rc < 0)
                     return rc;
-                for (int v = v0; v < v0 + step && v < S; v++) {
+                int u_lo = u0 > 0 ? u0 : 0, u_hi = u0 + step < S ? u0 + step : S;
+                for (int v = v0 > 0 ? v0 : 0; v < v0 + step && v < S; v++) {
                     const float *src = n2i->output + (size_t)(v - y0) * T - x0;
                     double *dst = n2i->acc + (size_t)v * S;
-                    for (int u = u0; u < u0 + step && u < S; u++)
+                    for (int u = u_lo; u < u_hi; u++)
                         dst[u] += src[u];
                 }
             }

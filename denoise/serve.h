@@ -14,11 +14,14 @@
  * padding never repeats the edge pixel) to P x P, P the slice side rounded up to a multiple
  * of 2^levels, with (P - S) / 2 columns and rows before the slice and the rest after it, and
  * the network runs on the whole padded slice at once. Only when the executor for a full
- * slice cannot be created (out of memory) are tiles used instead: T x T windows whose centres
- * overlap by a margin on every side, each contributing its centre only, the windows
- * themselves reflected at the slice edges. Tiles change pixels within the network's receptive
- * field of a window edge only slightly, but they do change them: tomo_n2i_backend() says which
- * was used.
+ * slice cannot be created (out of memory) are tiles used instead: T x T windows on the padded
+ * slice's grid, each contributing its centre, (T - 2 margin)^2 pixels, and reading `margin`
+ * pixels beyond it on every side (reflected at the slice edges). An output pixel of the
+ * network depends on the inputs within 7 * 2^levels - 5 pixels of it (each 3x3 convolution at
+ * level l reaches 2^l further, each pooling from level l 2^l), so with the default margin,
+ * 7 * 2^levels, tiles give exactly the full slice's pixels except within that distance of the
+ * padded slice's border, where the full slice sees the network's zero padding and a tile sees
+ * reflected pixels. tomo_n2i_backend() says which was used.
  */
 #ifndef TOMO_SERVE_H
 #define TOMO_SERVE_H
@@ -33,7 +36,8 @@ typedef struct tomo_n2i_config {
     int exact;   /* CUDA: 1 = fp32 only; 0 = TF32 tensor cores allowed */
     int tile;    /* 0: a full slice, tiles only when that does not fit; > 0: tiles of this
                     side (rounded up to a multiple of 2^levels), always */
-    int margin;  /* overlap on each side of a tile; 0 = 6 * 2^levels */
+    int margin;  /* context read on each side of a tile, rounded up to a multiple of
+                    2^levels; 0 = 7 * 2^levels */
 } tomo_n2i_config;
 
 void tomo_n2i_config_default(tomo_n2i_config *config);

@@ -37,12 +37,6 @@ enum {
 /* Names and contents never change while mounted, so the kernel may keep them forever. */
 #define FOREVER DBL_MAX
 
-static const char denoised_readme[] =
-    "Denoised slices appear here once a Noise2Inverse model has been trained for this scan.\n"
-    "\n"
-    "Training is not available in this version of tomofs. Meanwhile, slices/ holds the\n"
-    "filtered back-projection of every detector row.\n";
-
 typedef struct fs_state {
     tomo_volume *vol;
     uid_t uid;
@@ -111,7 +105,9 @@ static int stat_ino(const fs_state *st, fuse_ino_t ino, struct stat *attr)
         fill_attr(st, attr, ino, 0, st->vol->scan_json_len);
         return 0;
     case INO_DENOISED_README:
-        fill_attr(st, attr, ino, 0, sizeof denoised_readme - 1);
+        if (!st->vol->denoised_readme)
+            return ENOENT; /* denoised/ is a folder of slices */
+        fill_attr(st, attr, ino, 0, st->vol->denoised_readme_len);
         return 0;
     case INO_STATUS:
         /* generated at open and served with direct_io, so its size does not matter */
@@ -152,7 +148,7 @@ static int fixed_entries(const fs_state *st, fuse_ino_t dir, dirent_info *out, i
     if (dir == INO_ROOT) {
         if (n < max)
             out[n++] = (dirent_info){".tomofs", INO_CONTROL_DIR};
-        if (n < max)
+        if (n < max && st->vol->denoised_variant < 0) /* else the variant lists it */
             out[n++] = (dirent_info){"denoised", INO_DENOISED_DIR};
         if (n < max)
             out[n++] = (dirent_info){"scan.json", INO_SCAN_JSON};
@@ -523,8 +519,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         reply_static(req, st->vol->scan_json, st->vol->scan_json_len, off, size);
         return;
     }
-    if (ino == INO_DENOISED_README) {
-        reply_static(req, denoised_readme, sizeof denoised_readme - 1, off, size);
+    if (ino == INO_DENOISED_README && st->vol->denoised_readme) {
+        reply_static(req, st->vol->denoised_readme, st->vol->denoised_readme_len, off, size);
         return;
     }
     if (ino == INO_STATUS) {
@@ -702,8 +698,7 @@ int tomo_fs_serve(tomo_volume *vol, struct fuse_args *args, const char *mountpoi
     fuse_session_loop_mt(se, loop);
     fuse_loop_cfg_destroy(loop);
     /* Answer (cancel) what is still waiting before the channel goes away. */
-    tomo_engine_destroy(vol->engine);
-    vol->engine = NULL;
+    tomo_volume_stop(vol);
 unmount:
     fuse_session_unmount(se);
 handlers:

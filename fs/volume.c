@@ -10,6 +10,27 @@
 
 #include "../common/hash.h"
 #include "../common/log.h"
+#include "../denoise/model.h"
+#include "../denoise/serve.h"
+
+/* The denoiser of a volume: its model, and the thread that serves denoised/. */
+struct tomo_volume_denoiser {
+    tomo_model *model;
+    tomo_n2i *n2i;        /* created by the thread at the first slice */
+    tomo_error n2i_error; /* why it could not be, then every slice fails with it */
+    unsigned char *mask;  /* the reconstruction circle */
+
+    pthread_mutex_t lock; /* the queue */
+    pthread_cond_t wake;
+    struct denoise_job *jobs;   /* queued or running, oldest first */
+    pthread_mutex_t issue_lock; /* held while the thread asks for split slices */
+    int stopping;               /* set with both locks held */
+    pthread_t thread;
+    int thread_started;
+};
+
+/* Computes a slice that no cache tier holds: the engine, or the denoiser for denoised/. */
+static void compute(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg);
 
 void tomo_volume_options_default(tomo_volume_options *opts)
 {
@@ -161,7 +182,21 @@ static int build_scan_json(tomo_volume *vol, tomo_error *err)
         text_add_json_string(&t, var->params_text);
         text_add(&t, "}");
     }
-    text_add(&t, "\n  }\n}\n");
+    text_add(&t, "\n  },\n");
+    text_add(&t, "  \"denoising\": {\"method\": \"noise2inverse\", \"splits\": %d, \"base\": ",
+             vol->n_splits);
+    text_add_json_string(&t, vol->variants[vol->base_variant].name);
+    text_add(&t, ", \"model\": ");
+    if (vol->model_path[0])
+        text_add_json_string(&t, vol->model_path);
+    else
+        text_add(&t, "null");
+    if (vol->denoiser)
+        text_add(&t, ", \"model_loaded\": true, \"model_id\": \"%016llx\", \"epochs\": %d}\n",
+                 (unsigned long long)vol->denoiser->model->id, vol->denoiser->model->epoch);
+    else
+        text_add(&t, ", \"model_loaded\": false}\n");
+    text_add(&t, "}\n");
     if (t.failed) {
         free(t.buf);
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory writing scan.json");
@@ -181,6 +216,14 @@ static int digits_of(int n)
     return d;
 }
 
+/* The variant's key: a hash of the scan fingerprint, its name and its parameter text. */
+static void set_key(const tomo_volume *vol, tomo_volume_variant *var)
+{
+    uint64_t h = tomo_hash_u64(TOMO_HASH_INIT, vol->scan->fingerprint);
+    h = tomo_hash_bytes(h, var->name, strlen(var->name));
+    var->key = tomo_hash_bytes(h, var->params_text, strlen(var->params_text));
+}
+
 static tomo_volume_variant *add_variant(tomo_volume *vol, const char *name,
                                         const tomo_recon_params *params)
 {
@@ -188,9 +231,7 @@ static tomo_volume_variant *add_variant(tomo_volume *vol, const char *name,
     snprintf(var->name, sizeof var->name, "%s", name);
     var->params = *params;
     tomo_recon_params_text(params, var->params_text, sizeof var->params_text);
-    uint64_t h = tomo_hash_u64(TOMO_HASH_INIT, vol->scan->fingerprint);
-    h = tomo_hash_bytes(h, name, strlen(name));
-    var->key = tomo_hash_bytes(h, var->params_text, strlen(var->params_text));
+    set_key(vol, var);
     var->size = tomo_recon_slice_size(vol->scan, params);
     var->file_size = tomo_tiff_file_size(var->size, var->size);
     return var;
@@ -216,6 +257,141 @@ static int add_splits(tomo_volume *vol, int K, tomo_error *err)
         snprintf(name, sizeof name, "split_%d_of_%d", k, K);
         add_variant(vol, name, &params)->hidden = 1;
     }
+    return 0;
+}
+
+/* ---- denoising: the model ---- */
+
+/* Where the model is or would be: opts.model (made absolute), else its default place. */
+static int model_location(tomo_volume *vol, tomo_error *err)
+{
+    const tomo_volume_options *o = &vol->opts;
+    size_t size = sizeof vol->model_path;
+    if (o->model[0]) {
+        if (o->model[0] == '/') {
+            snprintf(vol->model_path, size, "%s", o->model);
+            return 0;
+        }
+        char cwd[2048];
+        if (!getcwd(cwd, sizeof cwd) ||
+            snprintf(vol->model_path, size, "%s/%s", cwd, o->model) >= (int)size)
+            return tomo_error_set(err, TOMO_E_INVALID, "model=%s: cannot make the path absolute",
+                                  o->model);
+        return 0;
+    }
+    char dir[sizeof o->cache_dir];
+    if (o->cache_dir[0])
+        snprintf(dir, sizeof dir, "%s", o->cache_dir);
+    else if (tomo_store_default_dir(dir, sizeof dir, err) < 0)
+        return -err->code;
+    const tomo_volume_variant *base = &vol->variants[vol->base_variant];
+    return tomo_model_default_path(dir, vol->scan->fingerprint, base->name, base->key,
+                                   vol->model_path, size, err);
+}
+
+/*
+ * Loads the model given by model=, or the one at the default place when there is one, and
+ * checks that it can denoise this volume. *model stays NULL when there is none to load.
+ */
+static int load_model(tomo_volume *vol, tomo_model **model, tomo_error *err)
+{
+    *model = NULL;
+    tomo_error where;
+    tomo_error_clear(&where);
+    if (model_location(vol, &where) < 0) {
+        vol->model_path[0] = '\0';
+        if (vol->opts.model[0] && !vol->opts.model_off)
+            return tomo_error_set(err, where.code, "%s", where.message);
+        if (!vol->opts.model_off)
+            tomo_log_warning("%s; no denoising model is looked for", where.message);
+        return 0;
+    }
+    if (vol->opts.model_off)
+        return 0;
+    if (!vol->opts.model[0] && access(vol->model_path, F_OK) != 0)
+        return 0; /* none trained yet */
+    const char *path = vol->model_path;
+    const tomo_volume_variant *base = &vol->variants[vol->base_variant];
+    int rc = tomo_model_load(path, model, err);
+    if (rc == 0)
+        rc = tomo_model_check_base(*model, path, vol->scan->fingerprint, base->params_text, err);
+    if (rc == 0)
+        rc = tomo_n2i_check_model(*model, path, err);
+    if (rc == 0 && (*model)->split.k > TOMO_VOLUME_MAX_SPLITS)
+        rc = tomo_error_set(err, TOMO_E_UNSUPPORTED, "%s: %d splits (at most %d are served)", path,
+                            (*model)->split.k, TOMO_VOLUME_MAX_SPLITS);
+    if (rc == 0 && (*model)->slice_size != base->size)
+        rc = tomo_error_set(err, TOMO_E_INVALID, "%s: trained on %d x %d slices; %s/ has %d x %d",
+                            path, (*model)->slice_size, (*model)->slice_size, base->name,
+                            base->size, base->size);
+    if (rc < 0) {
+        tomo_model_free(*model);
+        *model = NULL;
+    }
+    return rc;
+}
+
+/* denoised/ as a folder of slices: the base variant's geometry, keyed by the model's id. */
+static int add_denoised(tomo_volume *vol, tomo_model *model, tomo_error *err)
+{
+    struct tomo_volume_denoiser *d = calloc(1, sizeof *d);
+    if (!d) {
+        tomo_model_free(model);
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    }
+    d->model = model;
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_init(&d->issue_lock, NULL);
+    pthread_cond_init(&d->wake, NULL);
+    vol->denoiser = d;
+    if (vol->n_variants >= TOMO_VOLUME_MAX_VARIANTS)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "too many variants");
+    const tomo_volume_variant *base = &vol->variants[vol->base_variant];
+    vol->denoised_variant = vol->n_variants;
+    tomo_volume_variant *var = add_variant(vol, "denoised", &base->params);
+    size_t len = strlen(var->params_text);
+    int n = snprintf(var->params_text + len, sizeof var->params_text - len,
+                     " denoise=n2i splits=%d context=%d model=%016llx", model->split.k,
+                     model->split.context, (unsigned long long)model->id);
+    if (n < 0 || (size_t)n >= sizeof var->params_text - len)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "denoised/: parameter text too long");
+    set_key(vol, var);
+    return 0;
+}
+
+/* denoised/README.txt, while there is no model. */
+static int build_denoised_readme(tomo_volume *vol, tomo_error *err)
+{
+    const tomo_volume_variant *base = &vol->variants[vol->base_variant];
+    int n;
+    if (vol->opts.model_off)
+        n = asprintf(&vol->denoised_readme,
+                     "Denoised slices are not served by this mount (no model is looked for).\n");
+    else
+        n = asprintf(
+            &vol->denoised_readme,
+            "Denoised slices appear here once a Noise2Inverse model has been trained for this\n"
+            "scan. Train one (a GPU makes it much faster) with the options of this mount:\n"
+            "\n"
+            "    tomofs train %s [-o OPTIONS]\n"
+            "\n"
+            "It is stored at\n"
+            "\n"
+            "    %s\n"
+            "\n"
+            "where the next mount of this scan with the same reconstruction options finds it.\n"
+            "To use a model stored elsewhere, mount with -o model=FILE.\n"
+            "\n"
+            "The model learns from %d reconstructions of %s/ from interleaved subsets of the\n"
+            "projections (Noise2Inverse). Meanwhile, %s/ holds the slices it will denoise.\n"
+            "docs/denoising.md explains the method.\n",
+            vol->scan->path, vol->model_path[0] ? vol->model_path : "(no cache folder)",
+            vol->n_splits, base->name, base->name);
+    if (n < 0) {
+        vol->denoised_readme = NULL;
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    }
+    vol->denoised_readme_len = (size_t)n;
     return 0;
 }
 
@@ -276,7 +452,16 @@ int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tom
     }
     vol->denoised_variant = -1;
     vol->base_variant = vol->n_variants - 1; /* rings-removed/, or slices/ without it */
-    rc = add_splits(vol, opts->splits, err);
+    tomo_model *model = NULL;
+    rc = load_model(vol, &model, err);
+    if (rc < 0)
+        goto fail;
+    rc = add_splits(vol, model ? model->split.k : opts->splits, err);
+    if (rc < 0) {
+        tomo_model_free(model);
+        goto fail;
+    }
+    rc = model ? add_denoised(vol, model, err) : build_denoised_readme(vol, err);
     if (rc < 0)
         goto fail;
     vol->name_digits = digits_of(vol->scan->rows - 1) > 5 ? digits_of(vol->scan->rows - 1) : 5;
@@ -382,7 +567,7 @@ static void answer_loaded(tomo_volume *vol, load_waiter *w, tomo_slice *slice, i
         if (slice)
             w->done(w->arg, slice, NULL);
         else
-            tomo_engine_request(vol->engine, variant, z, w->done, w->arg);
+            compute(vol, variant, z, w->done, w->arg);
         free(w);
         w = next;
     }
@@ -467,7 +652,7 @@ static void load_from_store(tomo_volume *vol, int variant, int z, uint64_t chunk
     if (!w || !mine) {
         free(w);
         free(mine);
-        tomo_engine_request(vol->engine, variant, z, done, arg);
+        compute(vol, variant, z, done, arg);
         return;
     }
     *w = (load_waiter){chunks, done, arg, NULL};
@@ -510,6 +695,306 @@ static void load_from_store(tomo_volume *vol, int variant, int z, uint64_t chunk
     free(mine);
 }
 
+/* ---- denoising: serving denoised/ ---- */
+
+typedef struct denoise_waiter {
+    tomo_engine_done_fn done;
+    void *arg;
+    struct denoise_waiter *next;
+} denoise_waiter;
+
+/* A denoised slice queued or being computed, with the reads waiting for it. */
+typedef struct denoise_job {
+    int z;
+    denoise_waiter *waiters;
+    struct denoise_job *next;
+} denoise_job;
+
+static void answer_waiters(denoise_waiter *w, tomo_slice *slice, const tomo_error *err)
+{
+    while (w) {
+        denoise_waiter *next = w->next;
+        w->done(w->arg, slice, err);
+        free(w);
+        w = next;
+    }
+}
+
+static void answer_cancelled(tomo_engine_done_fn done, void *arg)
+{
+    tomo_error err;
+    tomo_error_clear(&err);
+    tomo_error_set(&err, TOMO_E_CANCELLED, "the filesystem is shutting down");
+    done(arg, NULL, &err);
+}
+
+/* Queues slice z of denoised/, or joins the computation of it already queued (single flight). */
+static void denoise_request(tomo_volume *vol, int z, tomo_engine_done_fn done, void *arg)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    denoise_waiter *w = malloc(sizeof *w);
+    denoise_job *fresh = malloc(sizeof *fresh);
+    if (!w || !fresh) {
+        free(w);
+        free(fresh);
+        tomo_error err;
+        tomo_error_clear(&err);
+        tomo_error_set(&err, TOMO_E_NOMEM, "out of memory queueing slice %d", z);
+        done(arg, NULL, &err);
+        return;
+    }
+    *w = (denoise_waiter){done, arg, NULL};
+    pthread_mutex_lock(&d->lock);
+    if (d->stopping || !d->thread_started) {
+        pthread_mutex_unlock(&d->lock);
+        free(w);
+        free(fresh);
+        answer_cancelled(done, arg);
+        return;
+    }
+    denoise_job **pp = &d->jobs;
+    while (*pp && (*pp)->z != z)
+        pp = &(*pp)->next;
+    if (*pp) {
+        /* answered in arrival order */
+        denoise_waiter **tail = &(*pp)->waiters;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = w;
+        free(fresh);
+    } else {
+        *fresh = (denoise_job){z, w, NULL};
+        *pp = fresh;
+        pthread_cond_signal(&d->wake);
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void compute(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg)
+{
+    if (variant == vol->denoised_variant)
+        denoise_request(vol, z, done, arg);
+    else if (vol->engine)
+        tomo_engine_request(vol->engine, variant, z, done, arg);
+    else
+        answer_cancelled(done, arg);
+}
+
+/* The split slices one denoised slice needs, asked for all at once and waited for. */
+typedef struct gather {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int remaining;
+    tomo_slice **slices;
+    tomo_error err; /* the first failure */
+} gather;
+
+typedef struct gather_slot {
+    gather *g;
+    int index;
+} gather_slot;
+
+static void gather_done(void *arg, tomo_slice *slice, const tomo_error *err)
+{
+    gather_slot *slot = arg;
+    gather *g = slot->g;
+    pthread_mutex_lock(&g->lock);
+    if (slice)
+        g->slices[slot->index] = tomo_slice_ref(slice);
+    else if (!g->err.code)
+        tomo_error_set(&g->err, err && err->code ? err->code : TOMO_E_INTERNAL, "%s",
+                       err ? err->message : "no slice and no reason");
+    if (--g->remaining == 0)
+        pthread_cond_signal(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/*
+ * slices[k * C + c] = split k at slice reflect(z - context + c), through the cache tiers and
+ * the engine. On failure every reference taken is released.
+ */
+static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_error *err)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    const int K = d->model->split.k, context = d->model->split.context, C = 2 * context + 1;
+    const int n = K * C;
+    gather_slot *slots = malloc((size_t)n * sizeof *slots);
+    if (!slots)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    gather g = {.remaining = n, .slices = slices};
+    tomo_error_clear(&g.err);
+    pthread_mutex_init(&g.lock, NULL);
+    pthread_cond_init(&g.cond, NULL);
+    for (int i = 0; i < n; i++) {
+        slices[i] = NULL;
+        slots[i] = (gather_slot){&g, i};
+    }
+    /* While the engine lives: tomo_volume_stop sets `stopping` under this lock first. */
+    pthread_mutex_lock(&d->issue_lock);
+    int stopping = d->stopping;
+    for (int k = 0; k < K && !stopping; k++)
+        for (int c = 0; c < C; c++)
+            tomo_volume_get(vol, tomo_volume_split_variant(vol, k),
+                            tomo_model_reflect(z - context + c, vol->scan->rows), gather_done,
+                            &slots[k * C + c]);
+    pthread_mutex_unlock(&d->issue_lock);
+    pthread_mutex_lock(&g.lock);
+    while (!stopping && g.remaining > 0)
+        pthread_cond_wait(&g.cond, &g.lock);
+    pthread_mutex_unlock(&g.lock);
+    pthread_mutex_destroy(&g.lock);
+    pthread_cond_destroy(&g.cond);
+    free(slots);
+    int rc = 0;
+    if (stopping)
+        rc = tomo_error_set(err, TOMO_E_CANCELLED, "the filesystem is shutting down");
+    else if (g.err.code)
+        rc = tomo_error_set(err, g.err.code, "split reconstruction: %s", g.err.message);
+    if (rc < 0)
+        for (int i = 0; i < n; i++) {
+            tomo_slice_unref(slices[i]);
+            slices[i] = NULL;
+        }
+    return rc;
+}
+
+/* The executor, made at the first slice so that a mount nobody denoises with costs nothing. */
+static int denoiser_ready(tomo_volume *vol, tomo_error *err)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    if (!d->n2i && !d->n2i_error.code) {
+        tomo_n2i_config cfg;
+        tomo_n2i_config_default(&cfg);
+        cfg.device = vol->opts.device == TOMO_DEVICE_CPU    ? TOMO_UNET_DEVICE_CPU
+                     : vol->opts.device == TOMO_DEVICE_AUTO ? TOMO_UNET_DEVICE_AUTO
+                                                            : vol->opts.device;
+        cfg.threads = vol->opts.threads;
+        cfg.exact = vol->opts.precision == TOMO_PRECISION_EXACT;
+        if (tomo_n2i_create(d->model, vol->variants[vol->denoised_variant].size, &cfg, &d->n2i,
+                            &d->n2i_error) == 0)
+            tomo_log_info("denoised/: %s", tomo_n2i_backend(d->n2i));
+        else
+            tomo_log_error("denoised/: %s", d->n2i_error.message);
+    }
+    if (!d->n2i)
+        return tomo_error_set(err, d->n2i_error.code, "%s", d->n2i_error.message);
+    return 0;
+}
+
+/* Computes slice z of denoised/. */
+static int denoise_one(tomo_volume *vol, int z, tomo_slice **out, tomo_error *err)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    *out = NULL;
+    int rc = denoiser_ready(vol, err);
+    if (rc < 0)
+        return rc;
+    int n = tomo_n2i_inputs(d->n2i);
+    tomo_slice **slices = calloc((size_t)n, sizeof *slices);
+    const float **inputs = calloc((size_t)n, sizeof *inputs);
+    tomo_slice *slice =
+        tomo_slice_new(vol->denoised_variant, z, vol->variants[vol->denoised_variant].size);
+    if (!slices || !inputs || !slice) {
+        rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+        goto out;
+    }
+    rc = gather_inputs(vol, z, slices, err);
+    if (rc < 0)
+        goto out;
+    for (int i = 0; i < n; i++)
+        inputs[i] = slices[i]->pixels;
+    rc = tomo_n2i_denoise_slice(d->n2i, inputs, d->mask, slice->pixels, err);
+    for (int i = 0; i < n; i++)
+        tomo_slice_unref(slices[i]);
+out:
+    free(slices);
+    free(inputs);
+    if (rc < 0)
+        tomo_slice_unref(slice);
+    else
+        *out = slice;
+    return rc;
+}
+
+static void *denoise_main(void *arg)
+{
+    tomo_volume *vol = arg;
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    pthread_mutex_lock(&d->lock);
+    for (;;) {
+        while (!d->stopping && !d->jobs)
+            pthread_cond_wait(&d->wake, &d->lock);
+        if (d->stopping)
+            break;
+        /* the job stays at the head while it runs, so requests for its slice join it */
+        int z = d->jobs->z;
+        pthread_mutex_unlock(&d->lock);
+        tomo_slice *slice = NULL;
+        tomo_error err;
+        tomo_error_clear(&err);
+        int rc = denoise_one(vol, z, &slice, &err);
+        if (rc == 0)
+            sink_store(vol, slice);
+        pthread_mutex_lock(&d->lock);
+        denoise_job *job = d->jobs;
+        d->jobs = job->next;
+        pthread_mutex_unlock(&d->lock);
+        answer_waiters(job->waiters, slice, rc < 0 ? &err : NULL);
+        free(job);
+        tomo_slice_unref(slice);
+        pthread_mutex_lock(&d->lock);
+    }
+    denoise_job *rest = d->jobs;
+    d->jobs = NULL;
+    pthread_mutex_unlock(&d->lock);
+    tomo_error err;
+    tomo_error_clear(&err);
+    tomo_error_set(&err, TOMO_E_CANCELLED, "the filesystem is shutting down");
+    while (rest) {
+        denoise_job *next = rest->next;
+        answer_waiters(rest->waiters, NULL, &err);
+        free(rest);
+        rest = next;
+    }
+    return NULL;
+}
+
+/* The reconstruction circle of the base variant, as recon/backproject.h defines it. */
+static unsigned char *circle_mask(const tomo_volume *vol, const tomo_volume_variant *var)
+{
+    int S = var->size, N = vol->scan->width, b = var->params.bin;
+    double c = var->params.center;
+    double r = fmin(c, (double)(N - 1) - c);
+    unsigned char *mask = malloc((size_t)S * (size_t)S);
+    if (!mask)
+        return NULL;
+    for (int v = 0; v < S; v++) {
+        double y = 0.5 * N - (v + 0.5) * b;
+        for (int h = 0; h < S; h++) {
+            double x = (h + 0.5) * b - 0.5 * N;
+            mask[(size_t)v * S + h] = x * x + y * y <= r * r;
+        }
+    }
+    return mask;
+}
+
+static int start_denoiser(tomo_volume *vol, tomo_error *err)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    d->mask = circle_mask(vol, &vol->variants[vol->base_variant]);
+    if (!d->mask)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
+    pthread_mutex_lock(&d->lock);
+    d->thread_started = pthread_create(&d->thread, NULL, denoise_main, vol) == 0;
+    pthread_mutex_unlock(&d->lock);
+    if (!d->thread_started)
+        return tomo_error_set(err, TOMO_E_NOMEM, "cannot start the denoising thread");
+    const tomo_model *m = d->model;
+    tomo_log_info("denoised/: %s (%d splits, %d-slice context, %d epochs)", vol->model_path,
+                  m->split.k, 2 * m->split.context + 1, m->epoch);
+    return 0;
+}
+
 int tomo_volume_start(tomo_volume *vol, tomo_error *err)
 {
     vol->ram = tomo_ram_cache_create(vol->opts.ram_cache_bytes);
@@ -519,6 +1004,12 @@ int tomo_volume_start(tomo_volume *vol, tomo_error *err)
     tomo_recon_params variants[TOMO_VOLUME_MAX_VARIANTS];
     for (int v = 0; v < vol->n_variants; v++)
         variants[v] = vol->variants[v].params;
+    /*
+     * denoised/ is computed by the denoiser, never by the engine, which needs parameters at
+     * its index all the same: split 0's, whose GPU pipeline is only made if it is used.
+     */
+    if (vol->denoised_variant >= 0)
+        variants[vol->denoised_variant] = vol->variants[vol->split_variant0].params;
     tomo_engine_config config;
     tomo_engine_config_default(&config);
     config.threads = vol->opts.threads;
@@ -527,8 +1018,11 @@ int tomo_volume_start(tomo_volume *vol, tomo_error *err)
     config.device = vol->opts.device;
     config.precision = vol->opts.precision;
     tomo_engine_sink sink = {vol, sink_store, sink_lookup};
-    return tomo_engine_create(vol->scan, variants, vol->n_variants, &config, &sink, &vol->engine,
-                              err);
+    int rc =
+        tomo_engine_create(vol->scan, variants, vol->n_variants, &config, &sink, &vol->engine, err);
+    if (rc == 0 && vol->denoiser)
+        rc = start_denoiser(vol, err);
+    return rc;
 }
 
 int tomo_volume_find_variant(const tomo_volume *vol, const char *name)
@@ -646,7 +1140,7 @@ void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, siz
     if (vol->store && vol->store_handle[variant] >= 0)
         load_from_store(vol, variant, z, chunks_needed(offset, length), done, arg);
     else
-        tomo_engine_request(vol->engine, variant, z, done, arg);
+        compute(vol, variant, z, done, arg);
 }
 
 size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigned char *header,
@@ -674,11 +1168,46 @@ size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigne
     return done;
 }
 
+void tomo_volume_stop(tomo_volume *vol)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    int denoising = d && d->thread_started;
+    if (denoising) {
+        /* no split slice is asked for after this, so destroying the engine is safe */
+        pthread_mutex_lock(&d->issue_lock);
+        pthread_mutex_lock(&d->lock);
+        d->stopping = 1;
+        pthread_cond_broadcast(&d->wake);
+        pthread_mutex_unlock(&d->lock);
+        pthread_mutex_unlock(&d->issue_lock);
+    }
+    /* answers the split slices the denoiser may be waiting for */
+    tomo_engine_destroy(vol->engine);
+    vol->engine = NULL;
+    if (denoising) {
+        pthread_join(d->thread, NULL);
+        d->thread_started = 0;
+    }
+}
+
+static void free_denoiser(struct tomo_volume_denoiser *d)
+{
+    if (!d)
+        return;
+    tomo_n2i_destroy(d->n2i);
+    tomo_model_free(d->model);
+    free(d->mask);
+    pthread_mutex_destroy(&d->lock);
+    pthread_mutex_destroy(&d->issue_lock);
+    pthread_cond_destroy(&d->wake);
+    free(d);
+}
+
 void tomo_volume_close(tomo_volume *vol)
 {
     if (!vol)
         return;
-    tomo_engine_destroy(vol->engine);
+    tomo_volume_stop(vol);
     /* after the engine, whose last slices are queued to it; this commits them */
     tomo_store_close(vol->store);
     if (vol->loads) {
@@ -686,7 +1215,9 @@ void tomo_volume_close(tomo_volume *vol)
         free(vol->loads);
     }
     tomo_ram_cache_destroy(vol->ram);
+    free_denoiser(vol->denoiser);
     tomo_scan_close(vol->scan);
     free(vol->scan_json);
+    free(vol->denoised_readme);
     free(vol);
 }

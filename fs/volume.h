@@ -42,7 +42,7 @@ typedef struct tomo_volume_options {
 void tomo_volume_options_default(tomo_volume_options *opts);
 
 /* Most Noise2Inverse splits, K. */
-#define TOMO_VOLUME_MAX_SPLITS 8
+#define TOMO_VOLUME_MAX_SPLITS 16
 
 /* slices, rings-removed, K splits, denoised, and room for more folders */
 #define TOMO_VOLUME_MAX_VARIANTS 24
@@ -84,12 +84,28 @@ typedef struct tomo_volume {
     int split_variant0;
     int base_variant;
     int denoised_variant;
-    struct tomo_volume_denoiser *denoiser; /* the model and its executor; NULL without */
+    struct tomo_volume_denoiser *denoiser; /* the model, its executor and thread; or NULL */
+    /*
+     * Where the model is, or would be stored (tomofs train writes there): opts.model made
+     * absolute, or the default place; set even with model_off; "" when no cache folder is
+     * known.
+     */
+    char model_path[4096];
+    char *denoised_readme; /* denoised/README.txt while there is no model */
+    size_t denoised_readme_len;
 } tomo_volume;
 
 /*
  * Opens and validates the scan and resolves the parameters, including the absolute cache
  * folder (the daemon changes to / when it detaches). Starts no thread.
+ *
+ * Denoising: unless opts->model_off, the model is looked for at opts->model or, when that is
+ * empty, at its default place (tomo_model_default_path: the cache folder's models/, named by
+ * the scan fingerprint and the base variant's name and key), and vol->model_path says where.
+ * A model found is loaded and checked here (its file, that it was trained on this scan and
+ * base variant, its split and normalisation), so a bad one fails the open with one message;
+ * its K replaces opts->splits, and denoised/ becomes a folder of slices whose key holds the
+ * model id. No model at the default place is not an error: denoised/ then holds a README.
  */
 int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tomo_volume **out,
                      tomo_error *err);
@@ -154,7 +170,14 @@ size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigne
                               const tomo_slice *slice, uint64_t offset, size_t length,
                               unsigned char *dst);
 
-/* Stops the engine and frees everything. NULL allowed. */
+/*
+ * Stops computing: the denoiser and the engine finish, and every request still waiting is
+ * answered with TOMO_E_CANCELLED. Nothing may be requested afterwards. The filesystem calls
+ * it when the kernel has gone; tomo_volume_close() calls it too.
+ */
+void tomo_volume_stop(tomo_volume *vol);
+
+/* Stops everything and frees the volume. NULL allowed. */
 void tomo_volume_close(tomo_volume *vol);
 
 #endif

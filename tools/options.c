@@ -36,9 +36,14 @@ const char tomo_options_help[] =
     "  ring_snr=R, ring_la_size=N, ring_sm_size=N, ring_drop_ratio=R\n"
     "                         detection ratio, large-stripe median width, final sorting width and\n"
     "                         dropped share for rings=all/large/dead (defaults 3, 51, 21, 0.1)\n"
-    "  device=auto|cpu|cuda:N where to reconstruct (default auto: the first GPU, else the CPU)\n"
+    "  device=auto|cpu|cuda:N where to reconstruct and denoise (default auto: the first GPU,\n"
+    "                         else the CPU)\n"
     "  precision=fast|exact   GPU back-projection: fast packs eight slices in fp16 with fp32\n"
-    "                         sums (relative RMS ~1e-4), exact is fp32 throughout (default fast)\n";
+    "                         sums (relative RMS ~1e-4), exact is fp32 throughout (default fast)\n"
+    "  model=FILE             Noise2Inverse model of denoised/ (default: the one tomofs train\n"
+    "                         stored for this scan and these options, if any)\n"
+    "  splits=K               interleaved projection subsets of Noise2Inverse (default 2; a\n"
+    "                         model's own K wins)\n";
 
 int64_t tomo_parse_size(const char *text)
 {
@@ -242,6 +247,24 @@ static int apply(const char *key, const char *value, tomo_volume_options *opts)
         return parse_int(key, value, 0, &opts->threads);
     if (strcmp(key, "max_chunk") == 0)
         return parse_int(key, value, 1, &opts->max_chunk);
+    if (strcmp(key, "splits") == 0) {
+        if (parse_int(key, value, 2, &opts->splits) < 0)
+            return -1;
+        if (opts->splits > TOMO_VOLUME_MAX_SPLITS) {
+            fprintf(stderr, "tomofs: option splits=%s: expected 2 to %d\n", value,
+                    TOMO_VOLUME_MAX_SPLITS);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "model") == 0) {
+        if (!value[0] || strlen(value) >= sizeof opts->model) {
+            fprintf(stderr, "tomofs: option model=%s: expected a model file\n", value);
+            return -1;
+        }
+        snprintf(opts->model, sizeof opts->model, "%s", value);
+        return 0;
+    }
     if (strcmp(key, "device") == 0) {
         int index;
         if (strcmp(value, "auto") == 0)
