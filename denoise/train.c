@@ -170,10 +170,12 @@ static void cut(const float *src, int size, const sample *s, int patch, double *
 
 /*
  * Fills in (batch x C x P x P) and target (batch x P x P) for a plan, computing in double as
- * denoise/serve.c does: ((sum over j != k of split j) / (K - 1) - mean) / std.
+ * denoise/serve.c does: ((sum over j != k of split j) / (K - 1) - mean) / std. Gives up with
+ * TOMO_E_CANCELLED between slices once *stop is set (stop may be NULL): a slice not yet
+ * reconstructed can take long, and the batch would not be trained on anyway.
  */
 static int assemble(const tomo_train_source *src, const tomo_model *m, const plan *p, float *in,
-                    float *target, double *acc, tomo_error *err)
+                    float *target, double *acc, const volatile sig_atomic_t *stop, tomo_error *err)
 {
     int patch = m->options.patch_used, channels = m->net->config.in_channels;
     int context = m->split.context, k = m->split.k;
@@ -184,6 +186,8 @@ static int assemble(const tomo_train_source *src, const tomo_model *m, const pla
         const float *px;
         void *handle;
         float *t = target + (size_t)b * area;
+        if (stop && *stop)
+            return tomo_error_set(err, TOMO_E_CANCELLED, "training interrupted");
         int rc = src->fetch(src->ctx, s->split, s->z, &px, &handle, err);
         if (rc < 0)
             return rc;
@@ -198,6 +202,8 @@ static int assemble(const tomo_train_source *src, const tomo_model *m, const pla
             for (int j = 0; j < k; j++) {
                 if (j == s->split)
                     continue;
+                if (stop && *stop)
+                    return tomo_error_set(err, TOMO_E_CANCELLED, "training interrupted");
                 rc = src->fetch(src->ctx, j, zc, &px, &handle, err);
                 if (rc < 0)
                     return rc;
@@ -228,7 +234,7 @@ int tomo_train_batch(const tomo_model *model, const tomo_train_source *src, uint
     }
     plan p = {samples, 0, {{0}}};
     draw_plan(&p, rng, step_index, model);
-    int rc = assemble(src, model, &p, in, target, acc, err);
+    int rc = assemble(src, model, &p, in, target, acc, NULL, err);
     free(samples);
     free(acc);
     return rc;
@@ -246,6 +252,7 @@ typedef struct prefetcher {
     const plan *job; /* to assemble; NULL when idle */
     float *in, *target;
     double *acc; /* one patch */
+    const volatile sig_atomic_t *stop;
     int busy, quit;
     int rc;
     tomo_error err;
@@ -264,7 +271,7 @@ static void *prefetch_main(void *arg)
         pthread_mutex_unlock(&pf->lock);
         tomo_error err;
         tomo_error_clear(&err);
-        int rc = assemble(pf->src, pf->model, job, pf->in, pf->target, pf->acc, &err);
+        int rc = assemble(pf->src, pf->model, job, pf->in, pf->target, pf->acc, pf->stop, &err);
         pthread_mutex_lock(&pf->lock);
         pf->rc = rc;
         pf->err = err;
@@ -413,6 +420,7 @@ int tomo_train_run(tomo_model *model, const tomo_train_source *src,
     memset(&pf, 0, sizeof pf);
     pf.src = src;
     pf.model = model;
+    pf.stop = cfg->stop;
     pf.acc = malloc((size_t)patch * patch * sizeof(double));
     pthread_mutex_init(&pf.lock, NULL);
     pthread_cond_init(&pf.changed, NULL);
@@ -450,9 +458,20 @@ int tomo_train_run(tomo_model *model, const tomo_train_source *src,
     prefetch_submit(&pf, &plans[cur], in[cur], target[cur]);
 
     for (;;) {
-        rc = prefetch_wait(&pf, err);
-        if (rc < 0)
+        tomo_error batch_err;
+        tomo_error_clear(&batch_err);
+        rc = prefetch_wait(&pf, &batch_err);
+        if (rc == -TOMO_E_CANCELLED) {
+            /* Stopped while this batch was being gathered: save what the last step left. */
+            rc = checkpoint(model, exec, cfg, err);
+            if (rc == 0)
+                rc = tomo_error_set(err, TOMO_E_CANCELLED, "training interrupted");
             goto done;
+        }
+        if (rc < 0) {
+            rc = tomo_error_set(err, batch_err.code, "%s", batch_err.message);
+            goto done;
+        }
         /* Start on the next batch while this one trains. */
         if (model->step + 1 < steps_total) {
             draw_plan(&plans[!cur], &draw, model->step + 1, model);

@@ -49,9 +49,19 @@ static const char train_usage[] =
 
 static volatile sig_atomic_t stop_signal;
 
+/* The first signal asks for a checkpoint; a second one ends the process at once. */
 static void on_signal(int signo)
 {
+    if (stop_signal) {
+        signal(signo, SIG_DFL);
+        raise(signo);
+        return;
+    }
     stop_signal = signo;
+    static const char msg[] = "\ntomofs: finishing this step and saving a checkpoint (again to "
+                              "quit without saving)\n";
+    ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
 }
 
 typedef struct volume_source {

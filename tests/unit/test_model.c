@@ -834,5 +834,64 @@ static void test_fetch_failure(void)
     syn_free(s);
 }
 
+/* A signal while a batch is being gathered (a slow reconstruction): training stops without
+   waiting for the batch, the checkpoint holds the last finished step, and resuming from it
+   ends as the uninterrupted run does. */
+static volatile sig_atomic_t gather_stop;
+static int gather_stop_at;
+
+static int stopping_fetch(void *ctx, int split, int z, const float **pixels, void **handle,
+                          tomo_error *err)
+{
+    syn *s = ctx;
+    if (s->fetches == gather_stop_at)
+        gather_stop = 1;
+    return syn_fetch(ctx, split, z, pixels, handle, err);
+}
+
+static void test_stop_while_gathering(void)
+{
+    if (!have_cpu_backend())
+        SKIP("no CPU network backend in this build");
+    tomo_train_source src;
+    syn *s = syn_make(&src);
+    char path_a[512], path_b[512];
+    path_in_tmp(path_a, sizeof path_a, "gather_full.model");
+    path_in_tmp(path_b, sizeof path_b, "gather_cut.model");
+    tomo_error err;
+    tomo_error_clear(&err);
+    tomo_model *a = syn_model(&src, 32);
+    CHECK_INT(syn_run(a, &src, path_a, 0, &err), 0);
+
+    tomo_model *b = syn_model(&src, 32);
+    src.fetch = stopping_fetch;
+    s->fetches = 0;
+    gather_stop = 0;
+    gather_stop_at = 4 * 2 * 4 + 2; /* within the 5th step's batch (4 fetches a sample) */
+    tomo_train_run_config rc = {0};
+    rc.model_path = path_b;
+    rc.device = TOMO_UNET_DEVICE_CPU;
+    rc.threads = 2;
+    rc.stop = &gather_stop;
+    tomo_error_clear(&err);
+    CHECK_INT(tomo_train_run(b, &src, &rc, &err), -TOMO_E_CANCELLED);
+    /* The 5th batch was abandoned at once (the fetch that raised the flag is the last) and
+       the 4th step, trained meanwhile, is saved. */
+    CHECK_INT(s->fetches, gather_stop_at + 1);
+    tomo_model_free(b);
+    b = NULL;
+    CHECK_INT(tomo_model_load(path_b, &b, &err), 0);
+    if (b) {
+        CHECK(b->step == 4);
+        CHECK(b->n_history == b->step && b->net->adam_step == b->step);
+        src.fetch = syn_fetch;
+        CHECK_INT(syn_run(b, &src, path_b, 0, &err), 0);
+        check_same_training(a, b);
+    }
+    tomo_model_free(b);
+    tomo_model_free(a);
+    syn_free(s);
+}
+
 TOMO_TEST_MAIN(test_round_trip, test_damaged, test_checksums, test_png, test_paths, test_reflect,
-               test_prepare, test_batch, test_resume, test_fetch_failure)
+               test_prepare, test_batch, test_resume, test_fetch_failure, test_stop_while_gathering)
