@@ -3,6 +3,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,9 @@ void tomo_volume_options_default(tomo_volume_options *opts)
     tomo_rings_params_default(&opts->rings);
     opts->rings.method = TOMO_RINGS_SORT;
     opts->splits = 2;
+    opts->dtype = TOMO_SAMPLE_FLOAT32;
+    opts->range_lo = NAN;
+    opts->range_hi = NAN;
 }
 
 /* ---- a growing text buffer for scan.json ---- */
@@ -101,6 +105,51 @@ static void text_add_json_string(text *t, const char *s)
             text_add(t, "%c", ch);
     }
     text_add(t, "\"");
+}
+
+/*
+ * The files of a variant in scan.json: how many, their sample type and range, their geometry
+ * (micrometres; x along the rows, y down the columns, z along the slices, the centre of the
+ * first pixel at origin_um), the key of their bytes, the volume file, and the centres of a
+ * sweep.
+ */
+static void add_output_json(text *t, const tomo_volume *vol, int v)
+{
+    const tomo_volume_variant *var = &vol->variants[v];
+    char first[80], last[80];
+    tomo_volume_file_name(vol, v, 0, first, sizeof first);
+    tomo_volume_file_name(vol, v, var->n_slices - 1, last, sizeof last);
+    text_add(t,
+             ", \"files\": %d, \"first_file\": \"%s\", \"last_file\": \"%s\", "
+             "\"dtype\": \"%s\", \"pixel_um\": %.9g, \"slice_spacing_um\": %.9g, "
+             "\"origin_um\": [%.9g, %.9g, %.9g], \"file_key\": \"%016llx\"",
+             var->n_slices, first, last, tomo_sample_name(var->dtype), var->pixel_um,
+             var->spacing_um, var->origin_um[0], var->origin_um[1], var->origin_um[2],
+             (unsigned long long)var->file_key);
+    if (var->dtype == TOMO_SAMPLE_UINT16)
+        text_add(t,
+                 ", \"range\": [%.9g, %.9g], \"range_source\": \"%s\", "
+                 "\"value\": \"cm^-1 = %.9g + sample * %.17g\"",
+                 var->lo, var->hi, var->range_automatic ? "automatic" : "option", var->lo,
+                 (var->hi - var->lo) / 65535.0);
+    if (var->volume_size)
+        text_add(t,
+                 ", \"volume\": {\"file\": \"volumes/%s\", \"bytes\": %llu, "
+                 "\"header_bytes\": %d, \"sizes\": [%d, %d, %d], \"type\": \"%s\", "
+                 "\"endian\": \"little\"}",
+                 var->volume_name, (unsigned long long)var->volume_size, TOMO_NRRD_HEADER_BYTES,
+                 var->size, var->size, var->n_slices, tomo_sample_name(var->dtype));
+    const tomo_center_sweep *sw = &var->params.sweep;
+    if (sw->count > 0) {
+        tomo_center_sweep step = *sw;
+        step.first = sw->step;
+        text_add(t,
+                 ", \"center_search\": {\"slice\": %d, \"first\": %.*f, \"last\": %.*f, "
+                 "\"step\": %.*f, \"count\": %d}",
+                 sw->slice, sw->decimals, tomo_recon_sweep_center(sw, 0), sw->decimals,
+                 tomo_recon_sweep_center(sw, sw->count - 1), sw->decimals,
+                 tomo_recon_sweep_center(&step, 0), sw->count);
+    }
 }
 
 static int build_scan_json(tomo_volume *vol, tomo_error *err)
@@ -180,6 +229,7 @@ static int build_scan_json(tomo_volume *vol, tomo_error *err)
                  (unsigned long long)var->file_size, var->params.prep.floor_counts,
                  var->params.prep.black_fraction, (unsigned long long)var->key);
         text_add_json_string(&t, var->params_text);
+        add_output_json(&t, vol, v);
         text_add(&t, "}");
     }
     text_add(&t, "\n  },\n");
@@ -256,6 +306,237 @@ static int add_splits(tomo_volume *vol, int K, tomo_error *err)
         char name[32];
         snprintf(name, sizeof name, "split_%d_of_%d", k, K);
         add_variant(vol, name, &params)->hidden = 1;
+    }
+    return 0;
+}
+
+/* centre-search/: slices/ reconstructed at each centre of the sweep given by -o center_search. */
+static int add_center_search(tomo_volume *vol, tomo_error *err)
+{
+    if (vol->opts.center_search.count <= 0)
+        return 0;
+    if (vol->n_variants >= TOMO_VOLUME_MAX_VARIANTS)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "too many variants");
+    tomo_recon_params params = vol->variants[0].params;
+    params.sweep = vol->opts.center_search;
+    params.center = tomo_recon_sweep_center(&params.sweep, 0);
+    const tomo_center_sweep *sw = &params.sweep;
+    double last = tomo_recon_sweep_center(sw, sw->count - 1);
+    int n_slices = tomo_recon_slice_count(vol->scan, &vol->variants[0].params);
+    if (!(params.center > 0 && last < vol->scan->width - 1))
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "center_search: centres %.*f to %.*f must lie inside the detector "
+                              "(0 to %d columns)",
+                              sw->decimals, params.center, sw->decimals, last,
+                              vol->scan->width - 1);
+    if (sw->slice >= n_slices)
+        return tomo_error_set(err, TOMO_E_INVALID,
+                              "center_search: slice %d is outside the volume (slices/ has %d)",
+                              sw->slice, n_slices);
+    int rc = tomo_recon_resolve(vol->scan, &params, err);
+    if (rc < 0)
+        return rc;
+    add_variant(vol, "centre-search", &params);
+    return 0;
+}
+
+/* x * 10^d as an integer, if it is one (to rounding); -1 otherwise. */
+static int scaled_integer(double x, int d, long long *out)
+{
+    double y = x * pow(10.0, d);
+    if (!(fabs(y) < 9e15))
+        return -1;
+    long long r = llround(y);
+    if (fabs(y - (double)r) > 1e-6 * fmax(1.0, fabs(y)))
+        return -1;
+    *out = r;
+    return 0;
+}
+
+int tomo_volume_parse_center_search(const char *text, tomo_center_sweep *sweep, tomo_error *err)
+{
+    char *end;
+    double v[4];
+    const char *at = text;
+    for (int i = 0; i < 4; i++) {
+        v[i] = strtod(at, &end);
+        if (end == at || !isfinite(v[i]) || *end != (i < 3 ? ':' : '\0'))
+            return tomo_error_set(err, TOMO_E_INVALID,
+                                  "expected Z:FROM:TO:STEP, e.g. 600:1020:1030:0.5 (slice 600, "
+                                  "centres 1020 to 1030 by 0.5 columns)");
+        at = end + 1;
+    }
+    if (v[0] < 0 || v[0] > 1e8 || v[0] != floor(v[0]))
+        return tomo_error_set(err, TOMO_E_INVALID, "the slice Z must be a whole number >= 0");
+    if (!(v[3] > 0) || v[2] < v[1])
+        return tomo_error_set(err, TOMO_E_INVALID, "needs FROM <= TO and a positive STEP");
+    int d = 2;
+    long long first, last, step;
+    while (d <= 6 && (scaled_integer(v[1], d, &first) < 0 || scaled_integer(v[2], d, &last) < 0 ||
+                      scaled_integer(v[3], d, &step) < 0))
+        d++;
+    if (d > 6)
+        return tomo_error_set(err, TOMO_E_INVALID, "centres take at most six decimals");
+    if (step < 1 || (last - first) / step >= 10000)
+        return tomo_error_set(err, TOMO_E_INVALID, "at most 10000 centres");
+    *sweep = (tomo_center_sweep){.count = (int)((last - first) / step) + 1,
+                                 .slice = (int)v[0],
+                                 .first = first,
+                                 .step = step,
+                                 .decimals = d};
+    return 0;
+}
+
+/* ---- the uint16 range ---- */
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* "%.6g" of v, read back: the value every file states. */
+static double printed(double v)
+{
+    char text[64];
+    snprintf(text, sizeof text, "%.6g", v);
+    return strtod(text, NULL);
+}
+
+void tomo_volume_auto_range(float *values, size_t n, double *lo, double *hi)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(values[i]))
+            values[m++] = values[i];
+    double a = 0, b = 1;
+    if (m > 0) {
+        qsort(values, m, sizeof *values, cmp_float);
+        a = values[(size_t)(0.001 * (double)(m - 1))];
+        b = values[(size_t)(0.999 * (double)(m - 1))];
+    }
+    double w = b - a;
+    if (!(w > 0))
+        w = fabs(a) > 0 ? fabs(a) : 1.0; /* constant values */
+    a -= 0.1 * w;
+    b += 0.1 * w;
+    double q = pow(10.0, floor(log10(b - a)) - 2);
+    *lo = printed(floor(a / q) * q);
+    *hi = printed(ceil(b / q) * q);
+    if (!(*hi > *lo))
+        *hi = printed(*lo + q);
+}
+
+/*
+ * The automatic range of a mount: from 5 slices of slices/ spread evenly over the volume
+ * (the centres of five equal parts), reconstructed on the CPU on a coarser grid (the
+ * smallest multiple of bin that divides the width and gives at most 512 pixels; the values
+ * are samples of the same reconstruction, so their distribution is the same), pixels inside
+ * the reconstruction circle only. A temporary engine does it; its threads end before the
+ * daemon forks. The CPU's results do not depend on the number of threads, so the range, and
+ * so every file header, is the same at every mount of the scan with these options.
+ */
+static int sample_range(tomo_volume *vol, double *lo, double *hi, tomo_error *err)
+{
+    const tomo_scan *scan = vol->scan;
+    tomo_recon_params p = vol->variants[0].params;
+    int N = scan->width, b = p.bin;
+    for (int m = p.bin; m <= N; m += p.bin)
+        if (N % m == 0 && N / m <= 512) {
+            b = m;
+            break;
+        }
+    p.bin = b;
+    int S = N / b, count = tomo_recon_slice_count(scan, &p), K = count < 5 ? count : 5;
+    double r = fmin(p.center, N - 1 - p.center);
+    float *values = malloc((size_t)K * (size_t)S * (size_t)S * sizeof *values);
+    if (!values)
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory sampling the uint16 range");
+    tomo_engine_config cfg;
+    tomo_engine_config_default(&cfg);
+    cfg.device = TOMO_DEVICE_CPU;
+    cfg.threads = vol->opts.threads;
+    tomo_engine *engine = NULL;
+    int rc = tomo_engine_create(scan, &p, 1, &cfg, NULL, &engine, err);
+    size_t n = 0;
+    for (int k = 0; k < K && rc >= 0; k++) {
+        int z = (int)((2L * k + 1) * count / (2L * K));
+        tomo_slice *slice;
+        rc = tomo_engine_compute(engine, 0, z, 1, &slice, err);
+        if (rc < 0)
+            break;
+        for (int v = 0; v < S; v++) {
+            double y = 0.5 * N - (v + 0.5) * b;
+            for (int h = 0; h < S; h++) {
+                double x = (h + 0.5) * b - 0.5 * N;
+                if (x * x + y * y <= r * r)
+                    values[n++] = slice->pixels[(size_t)v * S + h];
+            }
+        }
+        tomo_slice_unref(slice);
+    }
+    tomo_engine_destroy(engine);
+    if (rc >= 0) {
+        tomo_volume_auto_range(values, n, lo, hi);
+        tomo_log_info("%s: uint16 range %g to %g cm^-1 (automatic, from %d slices)", scan->path,
+                      *lo, *hi, K);
+    }
+    free(values);
+    return rc < 0 ? rc : 0;
+}
+
+/* What every variant's files are: sample type, range, names, sizes, the volume file. */
+static int setup_outputs(tomo_volume *vol, tomo_error *err)
+{
+    const tomo_volume_options *o = &vol->opts;
+    double lo = 0, hi = 0;
+    int automatic = 0;
+    if (o->dtype == TOMO_SAMPLE_UINT16) {
+        if (isfinite(o->range_lo) && isfinite(o->range_hi)) {
+            lo = o->range_lo;
+            hi = o->range_hi;
+            if (!(lo < hi))
+                return tomo_error_set(err, TOMO_E_INVALID,
+                                      "range=%g:%g: the low end must be below the high end", lo,
+                                      hi);
+        } else {
+            int rc = sample_range(vol, &lo, &hi, err);
+            if (rc < 0)
+                return rc;
+            automatic = 1;
+        }
+    }
+    for (int v = 0; v < vol->n_variants; v++) {
+        tomo_volume_variant *var = &vol->variants[v];
+        const tomo_recon_params *p = &var->params;
+        int zb = p->zbin > 1 ? p->zbin : 1;
+        var->n_slices = tomo_recon_slice_count(vol->scan, p);
+        var->dtype = o->dtype;
+        var->lo = lo;
+        var->hi = hi;
+        var->range_automatic = automatic;
+        var->pixel_um = p->pixel_um * p->bin;
+        var->spacing_um = p->pixel_um * zb;
+        var->origin_um[0] = var->origin_um[1] =
+            (0.5 * p->bin - 0.5 * vol->scan->width) * p->pixel_um;
+        var->origin_um[2] = 0.5 * (zb - 1) * p->pixel_um;
+        var->output_text[0] = '\0';
+        var->file_key = var->key;
+        if (var->dtype == TOMO_SAMPLE_UINT16) {
+            snprintf(var->output_text, sizeof var->output_text, "dtype=uint16 range=%.9g:%.9g", lo,
+                     hi);
+            var->file_key = tomo_hash_bytes(tomo_hash_u64(TOMO_HASH_INIT, var->key),
+                                            var->output_text, strlen(var->output_text));
+        }
+        var->file_size = tomo_tiff_file_size_of(var->size, var->size, var->dtype);
+        var->volume_name[0] = '\0';
+        var->volume_size = 0;
+        if (!var->hidden && p->sweep.count == 0) {
+            snprintf(var->volume_name, sizeof var->volume_name, "%s.nrrd", var->name);
+            var->volume_size = TOMO_NRRD_HEADER_BYTES + (uint64_t)var->size * (uint64_t)var->size *
+                                                            (uint64_t)var->n_slices *
+                                                            tomo_sample_bytes(var->dtype);
+        }
     }
     return 0;
 }
@@ -464,6 +745,12 @@ int tomo_volume_open(const char *scan_path, const tomo_volume_options *opts, tom
     rc = model ? add_denoised(vol, model, err) : build_denoised_readme(vol, err);
     if (rc < 0)
         goto fail;
+    rc = add_center_search(vol, err);
+    if (rc < 0)
+        goto fail;
+    rc = setup_outputs(vol, err);
+    if (rc < 0)
+        goto fail;
     vol->name_digits = digits_of(vol->scan->rows - 1) > 5 ? digits_of(vol->scan->rows - 1) : 5;
     rc = build_scan_json(vol, err);
     if (rc < 0)
@@ -574,12 +861,15 @@ static void answer_loaded(tomo_volume *vol, load_waiter *w, tomo_slice *slice, i
 }
 
 /* Leading chunks of a slice that a read of file bytes [offset, offset + length) needs. */
-static uint64_t chunks_needed(uint64_t offset, size_t length)
+static uint64_t chunks_needed(const tomo_volume_variant *var, uint64_t offset, size_t length)
 {
     uint64_t end = offset + length;
     if (end <= TOMO_TIFF_DATA_OFFSET)
         return 0;
-    return (end - TOMO_TIFF_DATA_OFFSET + TOMO_STORE_CHUNK_BYTES - 1) / TOMO_STORE_CHUNK_BYTES;
+    /* the store holds float pixels: the end of the range in them */
+    unsigned bytes = tomo_sample_bytes(var->dtype);
+    uint64_t pixels = (end - TOMO_TIFF_DATA_OFFSET + bytes - 1) / bytes;
+    return (pixels * sizeof(float) + TOMO_STORE_CHUNK_BYTES - 1) / TOMO_STORE_CHUNK_BYTES;
 }
 
 /* Detaches the waiters whose chunks are all decoded. Called with the lock held. */
@@ -1066,7 +1356,7 @@ static void fetch_done(void *arg, tomo_slice *slice, const tomo_error *err)
 int tomo_volume_fetch(tomo_volume *vol, int variant, int z, tomo_slice **slice, tomo_error *err)
 {
     *slice = NULL;
-    if (variant < 0 || variant >= vol->n_variants || z < 0 || z >= vol->scan->rows)
+    if (variant < 0 || variant >= vol->n_variants || z < 0 || z >= vol->variants[variant].n_slices)
         return tomo_error_set(err, TOMO_E_INVALID, "%s: no slice %d in variant %d", vol->scan->path,
                               z, variant);
     fetch_wait w = {.finished = 0, .slice = NULL};
@@ -1108,19 +1398,61 @@ int tomo_volume_parse_slice_name(const tomo_volume *vol, const char *name)
     return z < vol->scan->rows ? z : -1;
 }
 
+void tomo_volume_file_name(const tomo_volume *vol, int variant, int z, char *buf, size_t size)
+{
+    const tomo_center_sweep *sw = &vol->variants[variant].params.sweep;
+    if (sw->count <= 0) {
+        tomo_volume_slice_name(vol, z, buf, size);
+        return;
+    }
+    int d = sw->decimals > 2 ? sw->decimals : 2;
+    int width = digits_of((int)tomo_recon_sweep_center(sw, sw->count - 1)) + 1 + d;
+    snprintf(buf, size, "center_%0*.*f.tif", width, d, tomo_recon_sweep_center(sw, z));
+}
+
+int tomo_volume_parse_file_name(const tomo_volume *vol, int variant, const char *name)
+{
+    const tomo_volume_variant *var = &vol->variants[variant];
+    const tomo_center_sweep *sw = &var->params.sweep;
+    if (sw->count <= 0) {
+        int z = tomo_volume_parse_slice_name(vol, name);
+        return z < var->n_slices ? z : -1;
+    }
+    if (strncmp(name, "center_", 7) != 0 || strlen(name) > 64)
+        return -1;
+    char *end;
+    double c = strtod(name + 7, &end);
+    if (end == name + 7 || strcmp(end, ".tif") != 0 || !(c >= 0 && c < 1e9))
+        return -1;
+    double scale = pow(10.0, sw->decimals);
+    long long units = llround(c * scale) - sw->first;
+    if (units < 0 || units % sw->step != 0 || units / sw->step >= sw->count)
+        return -1;
+    int z = (int)(units / sw->step);
+    char canonical[80];
+    tomo_volume_file_name(vol, variant, z, canonical, sizeof canonical);
+    return strcmp(canonical, name) == 0 ? z : -1;
+}
+
 int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
                              unsigned char header[TOMO_TIFF_DATA_OFFSET], tomo_error *err)
 {
     const tomo_volume_variant *var = &vol->variants[variant];
-    char description[1024];
-    double pixel_um = var->params.pixel_um * var->params.bin;
-    snprintf(description, sizeof description,
+    const tomo_center_sweep *sw = &var->params.sweep;
+    char description[TOMO_TIFF_DESCRIPTION_MAX + 1];
+    int n = tomo_tiff_imagej_description(description, sizeof description, var->dtype,
+                                         var->spacing_um, var->lo, var->hi);
+    if (n < 0 || (size_t)n >= sizeof description)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "slice description too long");
+    snprintf(description + n, sizeof description - (size_t)n,
              "tomofs %s\nvariant=%s\nslice=%0*d\nunits=cm^-1\npixel_um=%.6f\ncenter=%.6f\n"
-             "scan=%016llx\nkey=%016llx\n%s\n",
-             TOMOFS_VERSION, var->name, vol->name_digits, z, pixel_um, var->params.center,
-             (unsigned long long)vol->scan->fingerprint, (unsigned long long)var->key,
-             var->params_text);
-    return tomo_tiff_header(header, var->size, var->size, pixel_um, description, err);
+             "scan=%016llx\nkey=%016llx\n%s%s%s\n",
+             TOMOFS_VERSION, var->name, vol->name_digits, sw->count > 0 ? sw->slice : z,
+             var->pixel_um, sw->count > 0 ? tomo_recon_sweep_center(sw, z) : var->params.center,
+             (unsigned long long)vol->scan->fingerprint, (unsigned long long)var->file_key,
+             var->output_text, var->output_text[0] ? "\n" : "", var->params_text);
+    return tomo_tiff_header_of(header, var->size, var->size, var->dtype, var->pixel_um, description,
+                               err);
 }
 
 void tomo_volume_get(tomo_volume *vol, int variant, int z, tomo_engine_done_fn done, void *arg)
@@ -1138,7 +1470,8 @@ void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, siz
         return;
     }
     if (vol->store && vol->store_handle[variant] >= 0)
-        load_from_store(vol, variant, z, chunks_needed(offset, length), done, arg);
+        load_from_store(vol, variant, z, chunks_needed(&vol->variants[variant], offset, length),
+                        done, arg);
     else
         compute(vol, variant, z, done, arg);
 }
@@ -1161,11 +1494,205 @@ size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigne
         done = n;
     }
     if (done < length) {
-        uint64_t pixel_offset = offset + done - TOMO_TIFF_DATA_OFFSET;
-        memcpy(dst + done, (const unsigned char *)slice->pixels + pixel_offset, length - done);
-        done = length;
+        const tomo_volume_variant *var = &vol->variants[variant];
+        uint64_t at = offset + done - TOMO_TIFF_DATA_OFFSET; /* byte of the pixel data */
+        if (var->dtype == TOMO_SAMPLE_FLOAT32) {
+            memcpy(dst + done, (const unsigned char *)slice->pixels + at, length - done);
+            return length;
+        }
+        /* uint16: converted in blocks; a range may start or end inside a sample */
+        double scale = tomo_u16_scale(var->lo, var->hi);
+        uint16_t block[2048];
+        while (done < length) {
+            uint64_t first = at / 2;
+            size_t n = (length - done + (size_t)(at % 2) + 1) / 2;
+            if (n > sizeof block / sizeof *block)
+                n = sizeof block / sizeof *block;
+            tomo_u16_from_float(slice->pixels + first, n, var->lo, scale, block);
+            size_t skip = (size_t)(at % 2), take = n * 2 - skip;
+            if (take > length - done)
+                take = length - done;
+            memcpy(dst + done, (const unsigned char *)block + skip, take);
+            done += take;
+            at += take;
+        }
     }
     return done;
+}
+
+int tomo_volume_nrrd_header(const tomo_volume *vol, int variant,
+                            unsigned char header[TOMO_NRRD_HEADER_BYTES], tomo_error *err)
+{
+    const tomo_volume_variant *var = &vol->variants[variant];
+    if (!var->volume_size)
+        return tomo_error_set(err, TOMO_E_INVALID, "%s/ has no volume file", var->name);
+    char content[64], comments[1024];
+    snprintf(content, sizeof content, "tomofs %s", var->name);
+    int n = snprintf(comments, sizeof comments,
+                     "tomofs %s: the slices of %s/ (slice z of this file is %s/", TOMOFS_VERSION,
+                     var->name, var->name);
+    char name[64];
+    tomo_volume_file_name(vol, variant, 0, name, sizeof name);
+    n += snprintf(comments + n, sizeof comments - (size_t)n,
+                  "%s for z = 0, and so on)\nvalues: linear attenuation coefficient, cm^-1%s\n"
+                  "scan %016llx, key %016llx\n",
+                  name,
+                  var->dtype == TOMO_SAMPLE_UINT16 ? "; uint16 sample s means "
+                                                     "old min + s (old max - old min) / 65535"
+                                                   : "",
+                  (unsigned long long)vol->scan->fingerprint, (unsigned long long)var->file_key);
+    tomo_nrrd_info info = {
+        .sizes = {var->size, var->size, var->n_slices},
+        .sample = var->dtype,
+        .spacing_um = {var->pixel_um, var->pixel_um, var->spacing_um},
+        .origin_um = {var->origin_um[0], var->origin_um[1], var->origin_um[2]},
+        .quantized = var->dtype == TOMO_SAMPLE_UINT16,
+        .old_min = var->lo,
+        .old_max = var->hi,
+        .content = content,
+        .comments = comments,
+    };
+    return tomo_nrrd_header(header, &info, err);
+}
+
+/* ---- reads of volume files ---- */
+
+typedef struct volume_read {
+    tomo_volume *vol;
+    int variant;
+    uint64_t offset; /* in the file */
+    size_t length;
+    uint64_t data0; /* [data0, data1): the part of the range after the header, in the data */
+    uint64_t data1;
+    int z0, n; /* slices covered */
+    tomo_slice **slices;
+    struct volume_part *parts;
+    atomic_int pending;
+    pthread_mutex_t lock;
+    int failed;
+    tomo_error err;
+    tomo_volume_bytes_fn done;
+    void *arg;
+} volume_read;
+
+typedef struct volume_part {
+    volume_read *r;
+    int i;
+} volume_part;
+
+/* Assembles and delivers the bytes once every slice is there (or one failed). */
+static void volume_read_finish(volume_read *r)
+{
+    tomo_volume *vol = r->vol;
+    const tomo_volume_variant *var = &vol->variants[r->variant];
+    unsigned char *buf = r->failed ? NULL : malloc(r->length ? r->length : 1);
+    if (!r->failed && !buf)
+        tomo_error_set(&r->err, TOMO_E_NOMEM, "out of memory reading %s", var->volume_name);
+    if (buf && r->offset < TOMO_NRRD_HEADER_BYTES) {
+        unsigned char header[TOMO_NRRD_HEADER_BYTES];
+        size_t n = TOMO_NRRD_HEADER_BYTES - (size_t)r->offset;
+        if (n > r->length)
+            n = r->length;
+        if (tomo_volume_nrrd_header(vol, r->variant, header, &r->err) < 0) {
+            free(buf);
+            buf = NULL;
+        } else {
+            memcpy(buf, header + r->offset, n);
+        }
+    }
+    uint64_t slice_bytes = (uint64_t)var->size * var->size * tomo_sample_bytes(var->dtype);
+    for (int i = 0; buf && i < r->n; i++) {
+        uint64_t z = (uint64_t)(r->z0 + i);
+        uint64_t a = r->data0 > z * slice_bytes ? r->data0 - z * slice_bytes : 0;
+        uint64_t b = r->data1 < (z + 1) * slice_bytes ? r->data1 - z * slice_bytes : slice_bytes;
+        uint64_t at = TOMO_NRRD_HEADER_BYTES + z * slice_bytes + a - r->offset;
+        tomo_volume_file_bytes(vol, r->variant, NULL, r->slices[i], TOMO_TIFF_DATA_OFFSET + a,
+                               (size_t)(b - a), buf + at);
+    }
+    if (buf)
+        r->done(r->arg, buf, r->length, NULL);
+    else
+        r->done(r->arg, NULL, 0, &r->err);
+    free(buf);
+    for (int i = 0; i < r->n; i++)
+        tomo_slice_unref(r->slices[i]);
+    pthread_mutex_destroy(&r->lock);
+    free(r->slices);
+    free(r->parts);
+    free(r);
+}
+
+static void volume_part_done(void *arg, tomo_slice *slice, const tomo_error *err)
+{
+    volume_part *part = arg;
+    volume_read *r = part->r;
+    if (slice) {
+        r->slices[part->i] = tomo_slice_ref(slice);
+    } else {
+        pthread_mutex_lock(&r->lock);
+        if (!r->failed) {
+            r->failed = 1;
+            if (err)
+                r->err = *err;
+            else
+                tomo_error_set(&r->err, TOMO_E_INTERNAL, "no slice and no reason");
+        }
+        pthread_mutex_unlock(&r->lock);
+    }
+    if (atomic_fetch_sub(&r->pending, 1) == 1)
+        volume_read_finish(r);
+}
+
+void tomo_volume_read_volume(tomo_volume *vol, int variant, uint64_t offset, size_t length,
+                             tomo_volume_bytes_fn done, void *arg)
+{
+    const tomo_volume_variant *var = &vol->variants[variant];
+    tomo_error err;
+    tomo_error_clear(&err);
+    volume_read *r = calloc(1, sizeof *r);
+    if (!r) {
+        tomo_error_set(&err, TOMO_E_NOMEM, "out of memory reading %s", var->volume_name);
+        done(arg, NULL, 0, &err);
+        return;
+    }
+    r->vol = vol;
+    r->variant = variant;
+    r->offset = offset;
+    r->length = length;
+    r->done = done;
+    r->arg = arg;
+    tomo_error_clear(&r->err);
+    pthread_mutex_init(&r->lock, NULL);
+    uint64_t slice_bytes = (uint64_t)var->size * var->size * tomo_sample_bytes(var->dtype);
+    uint64_t end = offset + length;
+    if (end > TOMO_NRRD_HEADER_BYTES && slice_bytes) {
+        r->data0 = offset > TOMO_NRRD_HEADER_BYTES ? offset - TOMO_NRRD_HEADER_BYTES : 0;
+        r->data1 = end - TOMO_NRRD_HEADER_BYTES;
+        r->z0 = (int)(r->data0 / slice_bytes);
+        r->n = (int)((r->data1 - 1) / slice_bytes) - r->z0 + 1;
+        if (r->z0 + r->n > var->n_slices)
+            r->n = var->n_slices - r->z0 > 0 ? var->n_slices - r->z0 : 0;
+    }
+    r->slices = calloc((size_t)(r->n ? r->n : 1), sizeof *r->slices);
+    r->parts = calloc((size_t)(r->n ? r->n : 1), sizeof *r->parts);
+    if (!r->slices || !r->parts) {
+        r->failed = 1;
+        tomo_error_set(&r->err, TOMO_E_NOMEM, "out of memory reading %s", var->volume_name);
+        r->n = 0;
+    }
+    /* one count per slice and one for this function, so the last one finishes */
+    atomic_init(&r->pending, r->n + 1);
+    int n = r->n;
+    for (int i = 0; i < n; i++) {
+        uint64_t z = (uint64_t)(r->z0 + i);
+        uint64_t a = r->data0 > z * slice_bytes ? r->data0 - z * slice_bytes : 0;
+        uint64_t b = r->data1 < (z + 1) * slice_bytes ? r->data1 - z * slice_bytes : slice_bytes;
+        r->parts[i] = (volume_part){r, i};
+        tomo_volume_read(vol, variant, (int)z, TOMO_TIFF_DATA_OFFSET + a, (size_t)(b - a),
+                         volume_part_done, &r->parts[i]);
+    }
+    if (atomic_fetch_sub(&r->pending, 1) == 1)
+        volume_read_finish(r);
 }
 
 void tomo_volume_stop(tomo_volume *vol)

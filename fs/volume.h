@@ -18,6 +18,7 @@
 #include "../cache/ram_cache.h"
 #include "../cache/store.h"
 #include "../recon/engine.h"
+#include "nrrd.h"
 #include "tiff.h"
 
 /* What a user can set with -o. */
@@ -34,6 +35,10 @@ typedef struct tomo_volume_options {
     int max_chunk;            /* slices per chunk at most */
     int device;               /* TOMO_DEVICE_AUTO, TOMO_DEVICE_CPU or a CUDA device index */
     tomo_precision precision; /* GPU back-projection: fast (packed fp16) or exact (fp32) */
+    tomo_sample dtype;        /* sample type of every slice and volume file */
+    double range_lo;          /* uint16: the cm^-1 of 0 and 65535; NaN = automatic */
+    double range_hi;
+    tomo_center_sweep center_search; /* count > 0: the centre-search/ folder */
     int splits;               /* K, Noise2Inverse projection subsets; a loaded model's K wins */
     char model[4096];         /* denoising model file; empty = the default place for the scan */
     int model_off;            /* 1: look for no model; denoised/ holds its README (training) */
@@ -59,6 +64,17 @@ typedef struct tomo_volume_variant {
     uint64_t key;             /* hash of the scan fingerprint and params_text */
     int size;                 /* slice side, pixels */
     uint64_t file_size;       /* bytes of each slice file */
+    int n_slices;             /* slice files: detector rows / zbin, or the sweep's centres */
+    tomo_sample dtype;        /* of the files; the slices themselves are float */
+    double lo, hi;            /* uint16: the cm^-1 of 0 and 65535 */
+    double pixel_um;          /* output pixel: detector pixel x bin */
+    double spacing_um;        /* between slices: detector pixel x zbin */
+    double origin_um[3];      /* centre of pixel (0, 0) of slice 0, see tomo_nrrd_info */
+    int range_automatic;      /* uint16: lo and hi came from tomo_volume_auto_range() */
+    char output_text[128];    /* "" for float32, else "dtype=uint16 range=lo:hi" */
+    uint64_t file_key;        /* of the files' bytes: key, or a hash of key and output_text */
+    char volume_name[48];     /* volumes/<name>.nrrd, or "" when the folder has no volume file */
+    uint64_t volume_size;     /* bytes of the volume file */
 } tomo_volume_variant;
 
 typedef struct tomo_volume {
@@ -132,6 +148,16 @@ void tomo_volume_slice_name(const tomo_volume *vol, int z, char *buf, size_t siz
 /* The slice index named by `name`, or -1 if it names no slice of this volume. */
 int tomo_volume_parse_slice_name(const tomo_volume *vol, const char *name);
 
+/*
+ * Name of file z of a variant's folder: tomo_volume_slice_name(), or for centre-search/
+ * "center_1203.50.tif", the centre with the sweep's decimals (at least two), its integer part
+ * zero-padded so that names sort as the centres do.
+ */
+void tomo_volume_file_name(const tomo_volume *vol, int variant, int z, char *buf, size_t size);
+
+/* The file index named by `name` in a variant's folder, or -1. */
+int tomo_volume_parse_file_name(const tomo_volume *vol, int variant, const char *name);
+
 /* The TOMO_TIFF_DATA_OFFSET header bytes of slice z of a variant. */
 int tomo_volume_slice_header(const tomo_volume *vol, int variant, int z,
                              unsigned char header[TOMO_TIFF_DATA_OFFSET], tomo_error *err);
@@ -164,11 +190,48 @@ int tomo_volume_fetch(tomo_volume *vol, int variant, int z, tomo_slice **slice, 
 
 /*
  * Copies bytes [offset, offset + length) of the slice file into dst, from its header and
- * pixels. Returns the number of bytes copied (less than length only at the end of the file).
+ * pixels (converted to uint16 for such a variant). Returns the number of bytes copied (less
+ * than length only at the end of the file).
  */
 size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigned char *header,
                               const tomo_slice *slice, uint64_t offset, size_t length,
                               unsigned char *dst);
+
+/* The TOMO_NRRD_HEADER_BYTES header bytes of a variant's volume file. */
+int tomo_volume_nrrd_header(const tomo_volume *vol, int variant,
+                            unsigned char header[TOMO_NRRD_HEADER_BYTES], tomo_error *err);
+
+/*
+ * Answer to tomo_volume_read_volume: `length` bytes at `data` (valid during the call only),
+ * or data NULL and err saying why.
+ */
+typedef void (*tomo_volume_bytes_fn)(void *arg, const unsigned char *data, size_t length,
+                                     const tomo_error *err);
+
+/*
+ * Reads bytes [offset, offset + length) of a variant's volume file (the caller keeps the range
+ * inside the file): gets the slices the range covers, and only those, through
+ * tomo_volume_read (RAM tier, disk tier, engine), then calls `done` exactly once with the
+ * bytes, from whichever thread delivered the last slice. A range within the header needs no
+ * slice and is answered at once.
+ */
+void tomo_volume_read_volume(tomo_volume *vol, int variant, uint64_t offset, size_t length,
+                             tomo_volume_bytes_fn done, void *arg);
+
+/*
+ * The automatic uint16 range from sampled values (any order; sorted in place): lo and hi
+ * are the 0.1th and 99.9th percentiles (nearest rank below), widened by a tenth of their
+ * distance on each side and rounded outwards to three significant digits of the widened
+ * distance, then to what "%.6g" prints. Deterministic; lo < hi always.
+ */
+void tomo_volume_auto_range(float *values, size_t n, double *lo, double *hi);
+
+/*
+ * Parses "Z:FROM:TO:STEP" (slice Z, centres FROM to TO by STEP, in detector columns, at most
+ * six decimals and 10000 centres) into a sweep. Returns 0, or a negative TOMO_E_* code with err
+ * saying what is wrong.
+ */
+int tomo_volume_parse_center_search(const char *text, tomo_center_sweep *sweep, tomo_error *err);
 
 /*
  * Stops computing: the denoiser and the engine finish, and every request still waiting is

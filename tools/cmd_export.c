@@ -14,13 +14,15 @@
 #include "progress.h"
 
 static const char export_usage[] =
-    "usage: tomofs export SCAN OUTDIR [--variant NAME] [--range A:B] [-o OPTIONS]\n"
+    "usage: tomofs export SCAN OUTDIR [--variant NAME] [--range A:B] [--volume] [-o OPTIONS]\n"
     "\n"
     "Reconstructs slices of SCAN and writes them to OUTDIR as slice_NNNNN.tif, byte for byte\n"
     "the files a mount of SCAN with the same options serves, plus scan.json.\n"
     "\n"
-    "  --variant NAME   folder to export (default slices)\n"
-    "  --range A:B      slices A to B-1 (default all; A: and :B allowed)\n"
+    "  --variant NAME   folder to export (default slices; also rings-removed, centre-search)\n"
+    "  --range A:B      files A to B-1 of the folder (default all; A: and :B allowed)\n"
+    "  --volume         write the whole folder as one file, OUTDIR/NAME.nrrd, byte for byte\n"
+    "                   the mount's volumes/NAME.nrrd\n"
     "  --chunk N        slices reconstructed together (default: as memory allows, up to 32)\n"
     "\n";
 
@@ -79,6 +81,7 @@ typedef struct writer {
     const tomo_volume *vol;
     int variant;
     const char *outdir;
+    int volume_fd; /* >= 0: slices go into this volume file, at their place */
     pthread_t threads[WRITERS];
     int n_threads;
     pthread_mutex_t lock;
@@ -89,6 +92,64 @@ typedef struct writer {
     long written;
     tomo_progress progress;
 } writer;
+
+static int pwrite_all(int fd, const void *data, size_t len, uint64_t offset)
+{
+    const unsigned char *p = data;
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Writes one slice: as its own file, or into the volume file at its place. Float samples are
+ * written from the slice; uint16 samples are converted into a buffer first.
+ */
+static int write_slice(writer *w, const tomo_slice *slice, unsigned char *header)
+{
+    const tomo_volume_variant *var = &w->vol->variants[w->variant];
+    char name[64];
+    tomo_error err;
+    tomo_error_clear(&err);
+    tomo_volume_file_name(w->vol, w->variant, slice->z, name, sizeof name);
+    if (tomo_volume_slice_header(w->vol, w->variant, slice->z, header, &err) < 0) {
+        fprintf(stderr, "\ntomofs: %s: %s\n", name, err.message);
+        return -1;
+    }
+    size_t data_bytes = (size_t)(var->file_size - TOMO_TIFF_DATA_OFFSET);
+    unsigned char *converted = NULL;
+    const void *data = slice->pixels;
+    if (var->dtype != TOMO_SAMPLE_FLOAT32) {
+        converted = malloc(data_bytes);
+        if (!converted) {
+            fprintf(stderr, "\ntomofs: %s: out of memory\n", name);
+            return -1;
+        }
+        tomo_volume_file_bytes(w->vol, w->variant, header, slice, TOMO_TIFF_DATA_OFFSET, data_bytes,
+                               converted);
+        data = converted;
+    }
+    int rc;
+    if (w->volume_fd >= 0) {
+        rc = pwrite_all(w->volume_fd, data, data_bytes,
+                        TOMO_NRRD_HEADER_BYTES + (uint64_t)slice->z * data_bytes);
+        if (rc < 0)
+            fprintf(stderr, "\ntomofs: %s/%s: %s\n", w->outdir, var->volume_name, strerror(errno));
+    } else {
+        rc = write_file(w->outdir, name, header, TOMO_TIFF_DATA_OFFSET, data, data_bytes);
+    }
+    free(converted);
+    return rc;
+}
 
 static void *writer_main(void *arg)
 {
@@ -108,19 +169,8 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->lock);
 
         int rc = 0;
-        if (!skip) {
-            char name[64];
-            tomo_error err;
-            tomo_error_clear(&err);
-            tomo_volume_slice_name(w->vol, slice->z, name, sizeof name);
-            if (tomo_volume_slice_header(w->vol, w->variant, slice->z, header, &err) < 0) {
-                fprintf(stderr, "\ntomofs: %s: %s\n", name, err.message);
-                rc = -1;
-            } else {
-                rc = write_file(w->outdir, name, header, sizeof header, slice->pixels,
-                                tomo_slice_bytes(slice));
-            }
-        }
+        if (!skip)
+            rc = write_slice(w, slice, header);
         tomo_slice_unref(slice);
 
         pthread_mutex_lock(&w->lock);
@@ -134,9 +184,10 @@ static void *writer_main(void *arg)
 }
 
 static int writer_start(writer *w, const tomo_volume *vol, int variant, const char *outdir,
-                        int capacity)
+                        int volume_fd, int capacity)
 {
     memset(w, 0, sizeof *w);
+    w->volume_fd = volume_fd;
     w->vol = vol;
     w->variant = variant;
     w->outdir = outdir;
@@ -213,12 +264,11 @@ int tomo_cmd_export(int argc, char **argv)
     /* a whole-volume export would flush what users browse out of the cache; -o cache= opts in */
     opts.cache_off = 1;
     const char *variant_name = "slices", *range = NULL;
-    int chunk = 0;
-    static const struct option long_opts[] = {{"help", no_argument, NULL, 'h'},
-                                              {"variant", required_argument, NULL, 'v'},
-                                              {"range", required_argument, NULL, 'r'},
-                                              {"chunk", required_argument, NULL, 'c'},
-                                              {NULL, 0, NULL, 0}};
+    int chunk = 0, as_volume = 0;
+    static const struct option long_opts[] = {
+        {"help", no_argument, NULL, 'h'},        {"variant", required_argument, NULL, 'v'},
+        {"range", required_argument, NULL, 'r'}, {"chunk", required_argument, NULL, 'c'},
+        {"volume", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "ho:", long_opts, NULL)) != -1) {
@@ -235,6 +285,9 @@ int tomo_cmd_export(int argc, char **argv)
             break;
         case 'r':
             range = optarg;
+            break;
+        case 'V':
+            as_volume = 1;
             break;
         case 'c':
             chunk = atoi(optarg);
@@ -264,15 +317,27 @@ int tomo_cmd_export(int argc, char **argv)
         goto out;
     }
     int v = tomo_volume_find_variant(vol, variant_name);
-    int z0 = 0, z1 = vol->scan->rows;
     if (v < 0) {
-        fprintf(stderr, "tomofs: no variant '%s' (this version has: slices)\n", variant_name);
+        char names[512] = "";
+        for (int i = 0; i < vol->n_variants; i++)
+            if (!vol->variants[i].hidden)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
+                         names[0] ? ", " : "", vol->variants[i].name);
+        fprintf(stderr, "tomofs: no variant '%s' (with these options: %s)\n", variant_name, names);
         status = 2;
         goto out;
     }
-    if (range && parse_range(range, vol->scan->rows, &z0, &z1) < 0) {
+    const tomo_volume_variant *var = &vol->variants[v];
+    int z0 = 0, z1 = var->n_slices;
+    if (range && parse_range(range, var->n_slices, &z0, &z1) < 0) {
         fprintf(stderr, "tomofs: --range %s: expected A:B with 0 <= A < B <= %d\n", range,
-                vol->scan->rows);
+                var->n_slices);
+        status = 2;
+        goto out;
+    }
+    if (as_volume && (range || !var->volume_size)) {
+        fprintf(stderr, "tomofs: --volume writes a whole folder of slices%s\n",
+                range ? ", without --range" : "; centre-search/ has no volume file");
         status = 2;
         goto out;
     }
@@ -283,15 +348,42 @@ int tomo_cmd_export(int argc, char **argv)
     if (write_file(outdir, "scan.json", vol->scan_json, vol->scan_json_len, NULL, 0) < 0)
         goto out;
     if (chunk <= 0) {
-        uint64_t per_row = (uint64_t)vol->scan->n_proj * (uint64_t)vol->scan->width * 4u;
+        uint64_t per_row = (uint64_t)vol->scan->n_proj * (uint64_t)vol->scan->width * 4u *
+                           (uint64_t)(var->params.zbin > 1 ? var->params.zbin : 1);
         uint64_t fit = ((uint64_t)2 << 30) / (per_row ? per_row : 1);
         chunk = fit < 1 ? 1 : fit > 32 ? 32 : (int)fit;
     }
+    /* --volume: the header now, the slices at their places, the name once complete */
+    char volume_path[PATH_MAX], volume_tmp[PATH_MAX + 16];
+    int volume_fd = -1;
+    if (as_volume) {
+        unsigned char header[TOMO_NRRD_HEADER_BYTES];
+        snprintf(volume_path, sizeof volume_path, "%s/%s", outdir, var->volume_name);
+        snprintf(volume_tmp, sizeof volume_tmp, "%s.partial", volume_path);
+        if (tomo_volume_nrrd_header(vol, v, header, &err) < 0) {
+            fprintf(stderr, "tomofs: %s: %s\n", volume_path, err.message);
+            goto out;
+        }
+        volume_fd = open(volume_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (volume_fd < 0 || pwrite_all(volume_fd, header, sizeof header, 0) < 0 ||
+            ftruncate(volume_fd, (off_t)var->volume_size) < 0) {
+            fprintf(stderr, "tomofs: %s: %s\n", volume_tmp, strerror(errno));
+            if (volume_fd >= 0) {
+                close(volume_fd);
+                unlink(volume_tmp);
+            }
+            goto out;
+        }
+    }
     tomo_slice **slices = calloc((size_t)chunk, sizeof *slices);
     writer w;
-    if (!slices || writer_start(&w, vol, v, outdir, 2 * chunk) < 0) {
+    if (!slices || writer_start(&w, vol, v, outdir, volume_fd, 2 * chunk) < 0) {
         fprintf(stderr, "tomofs: out of memory\n");
         free(slices);
+        if (volume_fd >= 0) {
+            close(volume_fd);
+            unlink(volume_tmp);
+        }
         goto out;
     }
     tomo_progress_start(&w.progress, "export", z1 - z0);
@@ -309,6 +401,14 @@ int tomo_cmd_export(int argc, char **argv)
     }
     failed |= writer_finish(&w) < 0;
     free(slices);
+    if (volume_fd >= 0) {
+        if (close(volume_fd) < 0 || (!failed && rename(volume_tmp, volume_path) < 0)) {
+            fprintf(stderr, "\ntomofs: %s: %s\n", volume_path, strerror(errno));
+            failed = 1;
+        }
+        if (failed)
+            unlink(volume_tmp);
+    }
     /* done means on the disk */
     int dir_fd = open(outdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (!failed && (dir_fd < 0 || syncfs(dir_fd) < 0)) {
@@ -319,8 +419,8 @@ int tomo_cmd_export(int argc, char **argv)
         close(dir_fd);
     if (!failed) {
         tomo_progress_finish(&w.progress, z1 - z0);
-        fprintf(stderr, "tomofs: wrote %d slices to %s in %.1f s\n", z1 - z0, outdir,
-                tomo_now() - w.progress.start);
+        fprintf(stderr, "tomofs: wrote %d slices to %s in %.1f s\n", z1 - z0,
+                as_volume ? volume_path : outdir, tomo_now() - w.progress.start);
         status = 0;
     }
 out:

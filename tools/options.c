@@ -15,7 +15,15 @@ const char tomo_options_help[] =
     "  pixel_um=P             detector pixel size in micrometres; sets the cm^-1 scale (default "
     "1)\n"
     "  pad=auto|edge|zero     padding of rows before filtering; auto tests for truncation once\n"
-    "  bin=B                  output binning, B divides the detector width (default 1)\n"
+    "  bin=B                  binned preview: slices of width/B pixels of B times the pixel\n"
+    "                         size, each from the mean of B detector rows, rows/B slices; B\n"
+    "                         divides the detector width (default 1; reconstructed on the CPU)\n"
+    "  dtype=float32|uint16   sample type of slice and volume files (default float32)\n"
+    "  range=LO:HI            uint16: the cm^-1 stored as 0 and 65535, values outside clipped\n"
+    "                         (default: automatic, fixed at mount: the 0.1 and 99.9 percentiles\n"
+    "                         of 5 sampled slices inside the circle, widened by 10 %% each side)\n"
+    "  center_search=Z:FROM:TO:STEP  adds centre-search/: slice Z reconstructed at each centre\n"
+    "                         from FROM to TO by STEP (detector columns), center_<c>.tif\n"
     "  floor=F                low-transmission floor in counts above dark (default 2)\n"
     "  black_fraction=R       share of clipped pixels that marks a line black (default 0.5)\n"
     "  format=NAME            scan format: spring8, dxchange, nxtomo or tiff-series\n"
@@ -186,8 +194,51 @@ static int apply(const char *key, const char *value, tomo_volume_options *opts)
         }
         return 0;
     }
-    if (strcmp(key, "bin") == 0)
-        return parse_int(key, value, 1, &p->bin);
+    if (strcmp(key, "bin") == 0) {
+        if (parse_int(key, value, 1, &p->bin) < 0)
+            return -1;
+        p->zbin = p->bin; /* the same binning along the slices */
+        return 0;
+    }
+    if (strcmp(key, "dtype") == 0) {
+        if (strcmp(value, "float32") == 0 || strcmp(value, "float") == 0)
+            opts->dtype = TOMO_SAMPLE_FLOAT32;
+        else if (strcmp(value, "uint16") == 0)
+            opts->dtype = TOMO_SAMPLE_UINT16;
+        else {
+            fprintf(stderr, "tomofs: option dtype=%s: expected float32 or uint16\n", value);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "range") == 0) {
+        char *end;
+        errno = 0;
+        double lo = strtod(value, &end);
+        int ok = end != value && *end == ':' && isfinite(lo);
+        const char *second = ok ? end + 1 : value;
+        double hi = ok ? strtod(second, &end) : 0;
+        ok = ok && end != second && *end == '\0' && isfinite(hi) && errno == 0;
+        if (!ok || !(lo < hi)) {
+            fprintf(stderr,
+                    "tomofs: option range=%s: expected LO:HI in cm^-1 with LO < HI, e.g. "
+                    "range=-0.5:3\n",
+                    value);
+            return -1;
+        }
+        opts->range_lo = lo;
+        opts->range_hi = hi;
+        return 0;
+    }
+    if (strcmp(key, "center_search") == 0 || strcmp(key, "centre_search") == 0) {
+        tomo_error err;
+        tomo_error_clear(&err);
+        if (tomo_volume_parse_center_search(value, &opts->center_search, &err) < 0) {
+            fprintf(stderr, "tomofs: option %s=%s: %s\n", key, value, err.message);
+            return -1;
+        }
+        return 0;
+    }
     if (strcmp(key, "floor") == 0) {
         if (parse_double(key, value, &p->prep.floor_counts) < 0)
             return -1;

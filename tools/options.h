@@ -5,7 +5,10 @@
  *   center=X                             rotation axis in detector columns (default: found)
  *   pixel_um=P                           detector pixel size in micrometres (default 1)
  *   pad=auto|edge|zero                   row padding before filtering (default auto)
- *   bin=B                                output binning (default 1)
+ *   bin=B                                binning in x, y and z (default 1)
+ *   dtype=float32|uint16                 sample type of the files (default float32)
+ *   range=LO:HI                          uint16 range in cm^-1 (default automatic)
+ *   center_search=Z:FROM:TO:STEP         the centre-search/ folder
  *   floor=F                              low-transmission floor in counts (default 2)
  *   black_fraction=R                     clipped share that marks a line black (default 0.5)
  *   format=NAME                          spring8, dxchange, nxtomo or tiff-series

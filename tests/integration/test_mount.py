@@ -38,7 +38,7 @@ def main():
     with Mount(scan) as m:
         def listing():
             assert sorted(os.listdir(m.dir)) == [".tomofs", "denoised", "rings-removed", "scan.json",
-                                               "slices"]
+                                               "slices", "volumes"]
             assert os.listdir(m.path("slices")) == slice_names(ROWS)  # numeric order
             assert os.listdir(m.path("denoised")) == ["README.txt"]
             assert "train" in open(m.path("denoised", "README.txt")).read()
