@@ -7,13 +7,17 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/pool.h"
 #include "png.h"
+
+#define MAX_SPLITS 16 /* as model files allow */
 
 static double now_seconds(void)
 {
@@ -86,9 +90,9 @@ int tomo_train_prepare(tomo_model *model, const tomo_train_source *src, tomo_err
     if (src->k != model->split.k)
         return tomo_error_set(err, TOMO_E_INVALID, "the volume has %d splits, the model %d", src->k,
                               model->split.k);
-    if (src->k < 2)
-        return tomo_error_set(err, TOMO_E_INVALID, "%d splits: Noise2Inverse needs at least 2",
-                              src->k);
+    if (src->k < 2 || src->k > MAX_SPLITS)
+        return tomo_error_set(err, TOMO_E_INVALID, "%d splits: Noise2Inverse takes 2 to %d", src->k,
+                              MAX_SPLITS);
     if (src->n_slices < 1)
         return tomo_error_set(err, TOMO_E_INVALID, "the volume has no slices");
     if (src->size < multiple)
@@ -148,74 +152,140 @@ static void draw_plan(plan *p, tomo_rng *rng, uint64_t step_index, const tomo_mo
     p->rng_after = *rng;
 }
 
+#define TILE 64
+
 /*
- * acc[a][b] (+)= src[y0 + u][x0 + v] over the patch, where (u, v) is (a, b) transposed if bit
- * 2 of d is set, then u flipped if bit 1, v flipped if bit 0.
+ * One image of a batch: out (P x P) from `n` source slices, out[a][b] = ((sum over i of
+ * src[i][y0 + u][x0 + v]) * scale - mean) * inv_std in double, where (u, v) is (a, b)
+ * transposed if bit 2 of d is set, then u flipped if bit 1, v flipped if bit 0. The sum runs
+ * in the order of src, starting from 0, as denoise/serve.c's does. Tiles keep a transposed
+ * read within a small square of the source.
  */
-static void cut(const float *src, int size, const sample *s, int patch, double *acc, int add)
+static void cut(const float *const *src, int n, int size, const sample *s, int patch, double scale,
+                double mean, double inv_std, float *out)
 {
+    /* The source offset is linear in (a, b): start + a * da + b * db. */
     int d = s->dihedral;
-    for (int a = 0; a < patch; a++)
-        for (int b = 0; b < patch; b++) {
-            int u = d & 4 ? b : a, v = d & 4 ? a : b;
-            if (d & 2)
-                u = patch - 1 - u;
-            if (d & 1)
-                v = patch - 1 - v;
-            double x = src[(size_t)(s->y0 + u) * size + (s->x0 + v)];
-            double *o = acc + (size_t)a * patch + b;
-            *o = add ? *o + x : x;
+    ptrdiff_t row = size, last = patch - 1;
+    ptrdiff_t start = (s->y0 + (d & 2 ? last : 0)) * row + s->x0 + (d & 1 ? last : 0);
+    ptrdiff_t du = d & 2 ? -row : row, dv = d & 1 ? -1 : 1; /* steps of u and v */
+    ptrdiff_t da = d & 4 ? dv : du, db = d & 4 ? du : dv;
+    for (int a0 = 0; a0 < patch; a0 += TILE)
+        for (int b0 = 0; b0 < patch; b0 += TILE) {
+            int a1 = a0 + TILE < patch ? a0 + TILE : patch;
+            int b1 = b0 + TILE < patch ? b0 + TILE : patch;
+            for (int a = a0; a < a1; a++) {
+                ptrdiff_t at = start + a * da + b0 * db;
+                float *o = out + (size_t)a * patch;
+                if (n == 1) {
+                    const float *p = src[0];
+                    for (int b = b0; b < b1; b++, at += db)
+                        o[b] = (float)(((0.0 + p[at]) * scale - mean) * inv_std);
+                    continue;
+                }
+                for (int b = b0; b < b1; b++, at += db) {
+                    double sum = 0;
+                    for (int i = 0; i < n; i++)
+                        sum += src[i][at];
+                    o[b] = (float)((sum * scale - mean) * inv_std);
+                }
+            }
         }
 }
 
+/* A batch being assembled: jobs batch x (1 + C), the target and then each input channel. */
+typedef struct assembly {
+    const tomo_train_source *src;
+    const tomo_model *model;
+    const plan *plan;
+    float *in, *target;
+    const volatile sig_atomic_t *stop;
+    int *rcs;         /* [jobs] */
+    tomo_error *errs; /* [jobs] */
+} assembly;
+
+static void assemble_job(void *arg, int job, int slot)
+{
+    (void)slot;
+    assembly *as = arg;
+    const tomo_model *m = as->model;
+    const tomo_train_source *src = as->src;
+    int patch = m->options.patch_used, channels = m->net->config.in_channels;
+    int k = m->split.k;
+    size_t area = (size_t)patch * patch;
+    const sample *s = &as->plan->samples[job / (channels + 1)];
+    int c = job % (channels + 1) - 1; /* -1: the target */
+    int b = job / (channels + 1);
+    const float *pixels[MAX_SPLITS];
+    void *handles[MAX_SPLITS];
+    int n = 0, rc = 0;
+    tomo_error *err = &as->errs[job];
+    int z = c < 0 ? s->z : tomo_model_reflect(s->z - m->split.context + c, src->n_slices);
+    for (int j = 0; j < k && rc == 0; j++) {
+        if (c < 0 ? j != s->split : j == s->split)
+            continue;
+        if (as->stop && *as->stop) {
+            rc = tomo_error_set(err, TOMO_E_CANCELLED, "training interrupted");
+            break;
+        }
+        rc = src->fetch(src->ctx, j, z, &pixels[n], &handles[n], err);
+        if (rc == 0)
+            n++;
+    }
+    if (rc == 0) {
+        if (c < 0)
+            cut(pixels, n, src->size, s, patch, 1.0, m->mean, 1.0 / m->std,
+                as->target + (size_t)b * area);
+        else
+            cut(pixels, n, src->size, s, patch, 1.0 / (k - 1), m->mean, 1.0 / m->std,
+                as->in + ((size_t)b * channels + c) * area);
+    }
+    for (int i = 0; i < n; i++)
+        src->release(src->ctx, handles[i]);
+    as->rcs[job] = rc;
+}
+
 /*
- * Fills in (batch x C x P x P) and target (batch x P x P) for a plan, computing in double as
- * denoise/serve.c does: ((sum over j != k of split j) / (K - 1) - mean) / std. Gives up with
- * TOMO_E_CANCELLED between slices once *stop is set (stop may be NULL): a slice not yet
- * reconstructed can take long, and the batch would not be trained on anyway.
+ * Fills in (batch x C x P x P) and target (batch x P x P) for a plan, computing as
+ * denoise/serve.c does: ((sum over j != k of split j) / (K - 1) - mean) / std; on `pool`'s
+ * threads when there is one. Jobs not yet started give up with TOMO_E_CANCELLED once *stop is
+ * set (stop may be NULL): a slice not yet reconstructed can take long, and the batch would not
+ * be trained on anyway. The first failing job's error is returned.
  */
 static int assemble(const tomo_train_source *src, const tomo_model *m, const plan *p, float *in,
-                    float *target, double *acc, const volatile sig_atomic_t *stop, tomo_error *err)
+                    float *target, tomo_pool *pool, const volatile sig_atomic_t *stop,
+                    tomo_error *err)
 {
-    int patch = m->options.patch_used, channels = m->net->config.in_channels;
-    int context = m->split.context, k = m->split.k;
-    size_t area = (size_t)patch * patch;
-    const double mean = m->mean, inv_std = 1.0 / m->std, inv_rest = 1.0 / (k - 1);
-    for (int b = 0; b < p->n; b++) {
-        const sample *s = &p->samples[b];
-        const float *px;
-        void *handle;
-        float *t = target + (size_t)b * area;
-        if (stop && *stop)
-            return tomo_error_set(err, TOMO_E_CANCELLED, "training interrupted");
-        int rc = src->fetch(src->ctx, s->split, s->z, &px, &handle, err);
-        if (rc < 0)
-            return rc;
-        cut(px, src->size, s, patch, acc, 0);
-        src->release(src->ctx, handle);
-        for (size_t i = 0; i < area; i++)
-            t[i] = (float)((acc[i] - mean) * inv_std);
-        for (int c = 0; c < channels; c++) {
-            float *x = in + ((size_t)b * channels + c) * area;
-            int zc = tomo_model_reflect(s->z - context + c, src->n_slices);
-            int first = 1;
-            for (int j = 0; j < k; j++) {
-                if (j == s->split)
-                    continue;
-                if (stop && *stop)
-                    return tomo_error_set(err, TOMO_E_CANCELLED, "training interrupted");
-                rc = src->fetch(src->ctx, j, zc, &px, &handle, err);
-                if (rc < 0)
-                    return rc;
-                cut(px, src->size, s, patch, acc, !first);
-                src->release(src->ctx, handle);
-                first = 0;
-            }
-            for (size_t i = 0; i < area; i++)
-                x[i] = (float)((acc[i] * inv_rest - mean) * inv_std);
-        }
+    int jobs = p->n * (m->net->config.in_channels + 1);
+    assembly as = {src,
+                   m,
+                   p,
+                   in,
+                   target,
+                   stop,
+                   calloc((size_t)jobs, sizeof(int)),
+                   calloc((size_t)jobs, sizeof(tomo_error))};
+    if (!as.rcs || !as.errs) {
+        free(as.rcs);
+        free(as.errs);
+        return tomo_error_set(err, TOMO_E_NOMEM, "out of memory for a batch");
     }
-    return 0;
+    if (pool)
+        tomo_pool_run(pool, jobs, assemble_job, &as);
+    else
+        for (int j = 0; j < jobs; j++)
+            assemble_job(&as, j, 0);
+    int rc = 0;
+    /* A real failure is reported before a cancellation. */
+    for (int j = 0; j < jobs && rc == 0; j++)
+        if (as.rcs[j] < 0 && as.rcs[j] != -TOMO_E_CANCELLED)
+            rc = tomo_error_set(err, as.errs[j].code, "%s", as.errs[j].message);
+    for (int j = 0; j < jobs && rc == 0; j++)
+        if (as.rcs[j] < 0)
+            rc = tomo_error_set(err, as.errs[j].code, "%s", as.errs[j].message);
+    free(as.rcs);
+    free(as.errs);
+    return rc;
 }
 
 int tomo_train_batch(const tomo_model *model, const tomo_train_source *src, uint64_t step_index,
@@ -226,17 +296,12 @@ int tomo_train_batch(const tomo_model *model, const tomo_train_source *src, uint
         model->n_slices != src->n_slices || model->split.k != src->k)
         return tomo_error_set(err, TOMO_E_INVALID, "the model was not prepared for this volume");
     sample *samples = calloc((size_t)batch, sizeof *samples);
-    double *acc = malloc((size_t)patch * patch * sizeof *acc);
-    if (!samples || !acc) {
-        free(samples);
-        free(acc);
+    if (!samples)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory for a batch");
-    }
     plan p = {samples, 0, {{0}}};
     draw_plan(&p, rng, step_index, model);
-    int rc = assemble(src, model, &p, in, target, acc, NULL, err);
+    int rc = assemble(src, model, &p, in, target, NULL, NULL, err);
     free(samples);
-    free(acc);
     return rc;
 }
 
@@ -251,7 +316,7 @@ typedef struct prefetcher {
     pthread_cond_t changed;
     const plan *job; /* to assemble; NULL when idle */
     float *in, *target;
-    double *acc; /* one patch */
+    tomo_pool *pool; /* assembles a batch's images in parallel */
     const volatile sig_atomic_t *stop;
     int busy, quit;
     int rc;
@@ -271,7 +336,7 @@ static void *prefetch_main(void *arg)
         pthread_mutex_unlock(&pf->lock);
         tomo_error err;
         tomo_error_clear(&err);
-        int rc = assemble(pf->src, pf->model, job, pf->in, pf->target, pf->acc, pf->stop, &err);
+        int rc = assemble(pf->src, pf->model, job, pf->in, pf->target, pf->pool, pf->stop, &err);
         pthread_mutex_lock(&pf->lock);
         pf->rc = rc;
         pf->err = err;
@@ -421,10 +486,13 @@ int tomo_train_run(tomo_model *model, const tomo_train_source *src,
     pf.src = src;
     pf.model = model;
     pf.stop = cfg->stop;
-    pf.acc = malloc((size_t)patch * patch * sizeof(double));
+    /* Gathering threads: a GPU step is short, and a batch is (1 + C) x batch images cut
+       from slices in memory; beyond 8 threads memory bandwidth is the limit. */
+    int gather = cfg->threads > 0 ? cfg->threads : tomo_cpu_count();
+    pf.pool = tomo_pool_create(gather < 8 ? gather : 8);
     pthread_mutex_init(&pf.lock, NULL);
     pthread_cond_init(&pf.changed, NULL);
-    if (!in[0] || !in[1] || !target[0] || !target[1] || !samples[0] || !samples[1] || !pf.acc) {
+    if (!in[0] || !in[1] || !target[0] || !target[1] || !samples[0] || !samples[1] || !pf.pool) {
         rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for batches of %d x %d x %d x %d",
                             batch, channels, patch, patch);
         goto done;
@@ -550,7 +618,7 @@ done:
     free(target[1]);
     free(samples[0]);
     free(samples[1]);
-    free(pf.acc);
+    tomo_pool_destroy(pf.pool);
     return rc;
 }
 
