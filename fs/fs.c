@@ -6,11 +6,13 @@
 #include <fcntl.h>
 #include <float.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/log.h"
@@ -26,9 +28,7 @@ enum {
     INO_STATUS = 4,      /* .tomofs/status */
     INO_DENOISED_DIR = 5,
     INO_DENOISED_README = 6,
-    INO_VOLUMES_DIR = 10,  /* volumes/ */
     INO_VARIANT_DIR0 = 16, /* + variant index */
-    INO_VOLUME_FILE0 = 64, /* + variant index: volumes/<variant>.nrrd */
 };
 
 #define SLICE_INO(v, z)   (((fuse_ino_t)(v) + 1) << 32 | (fuse_ino_t)(uint32_t)(z))
@@ -43,6 +43,10 @@ typedef struct fs_state {
     tomo_volume *vol;
     uid_t uid;
     gid_t gid;
+    const char *mountpoint;
+    time_t started;
+    pthread_mutex_t error_lock;
+    char last_error[1024]; /* "2024-05-01 12:00:00 slices/slice_00012.tif: why", or "" */
 } fs_state;
 
 static fs_state *state_of(fuse_req_t req)
@@ -66,25 +70,7 @@ static int valid_slice_ino(const fs_state *st, fuse_ino_t ino)
         return 0;
     int v = INO_VARIANT(ino);
     return v >= 0 && v < st->vol->n_variants && !st->vol->variants[v].hidden &&
-           INO_SLICE(ino) < st->vol->variants[v].n_slices;
-}
-
-/* The variant whose volume file is `ino`, or -1. */
-static int variant_of_volume(const fs_state *st, fuse_ino_t ino)
-{
-    if (ino < INO_VOLUME_FILE0 || ino >= INO_VOLUME_FILE0 + (fuse_ino_t)st->vol->n_variants)
-        return -1;
-    int v = (int)(ino - INO_VOLUME_FILE0);
-    return st->vol->variants[v].volume_size ? v : -1; /* hidden ones have none */
-}
-
-/* Whether any folder has a volume file, i.e. volumes/ exists. */
-static int have_volumes(const fs_state *st)
-{
-    for (int v = 0; v < st->vol->n_variants; v++)
-        if (st->vol->variants[v].volume_size)
-            return 1;
-    return 0;
+           INO_SLICE(ino) < st->vol->scan->rows;
 }
 
 static void fill_attr(const fs_state *st, struct stat *attr, fuse_ino_t ino, int is_dir,
@@ -111,12 +97,8 @@ static int stat_ino(const fs_state *st, fuse_ino_t ino, struct stat *attr)
         fill_attr(st, attr, ino, 0, st->vol->variants[INO_VARIANT(ino)].file_size);
         return 0;
     }
-    if (variant_of_dir(st, ino) >= 0 || (ino == INO_VOLUMES_DIR && have_volumes(st))) {
+    if (variant_of_dir(st, ino) >= 0) {
         fill_attr(st, attr, ino, 1, 0);
-        return 0;
-    }
-    if (variant_of_volume(st, ino) >= 0) {
-        fill_attr(st, attr, ino, 0, st->vol->variants[variant_of_volume(st, ino)].volume_size);
         return 0;
     }
     switch (ino) {
@@ -180,13 +162,6 @@ static int fixed_entries(const fs_state *st, fuse_ino_t dir, dirent_info *out, i
             if (!st->vol->variants[v].hidden)
                 out[n++] =
                     (dirent_info){st->vol->variants[v].name, INO_VARIANT_DIR0 + (fuse_ino_t)v};
-        if (n < max && have_volumes(st))
-            out[n++] = (dirent_info){"volumes", INO_VOLUMES_DIR};
-    } else if (dir == INO_VOLUMES_DIR) {
-        for (int v = 0; v < st->vol->n_variants && n < max; v++)
-            if (st->vol->variants[v].volume_size)
-                out[n++] = (dirent_info){st->vol->variants[v].volume_name,
-                                         INO_VOLUME_FILE0 + (fuse_ino_t)v};
     } else if (dir == INO_CONTROL_DIR) {
         if (n < max)
             out[n++] = (dirent_info){"status", INO_STATUS};
@@ -202,7 +177,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     fs_state *st = state_of(req);
     int v = variant_of_dir(st, parent);
     if (v >= 0) {
-        int z = tomo_volume_parse_file_name(st->vol, v, name);
+        int z = tomo_volume_parse_slice_name(st->vol, name);
         reply_entry(req, st, z >= 0 ? SLICE_INO(v, z) : 0);
         return;
     }
@@ -213,8 +188,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             reply_entry(req, st, entries[i].ino);
             return;
         }
-    if (parent == INO_ROOT || parent == INO_CONTROL_DIR || parent == INO_DENOISED_DIR ||
-        (parent == INO_VOLUMES_DIR && have_volumes(st)))
+    if (parent == INO_ROOT || parent == INO_CONTROL_DIR || parent == INO_DENOISED_DIR)
         reply_entry(req, st, 0);
     else
         fuse_reply_err(req, ENOTDIR);
@@ -235,7 +209,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static int is_dir_ino(const fs_state *st, fuse_ino_t ino)
 {
     return ino == INO_ROOT || ino == INO_CONTROL_DIR || ino == INO_DENOISED_DIR ||
-           variant_of_dir(st, ino) >= 0 || (ino == INO_VOLUMES_DIR && have_volumes(st));
+           variant_of_dir(st, ino) >= 0;
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -269,7 +243,7 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
     int v = variant_of_dir(st, ino);
     dirent_info fixed[TOMO_VOLUME_MAX_VARIANTS + 4];
     long n_fixed = v >= 0 ? 0 : fixed_entries(st, ino, fixed, TOMO_VOLUME_MAX_VARIANTS + 4);
-    long total = 2 + (v >= 0 ? st->vol->variants[v].n_slices : n_fixed);
+    long total = 2 + (v >= 0 ? st->vol->scan->rows : n_fixed);
     size_t used = 0;
     for (long i = off; i < total; i++) {
         char name[64];
@@ -281,7 +255,7 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
             snprintf(name, sizeof name, "..");
             child = INO_ROOT;
         } else if (v >= 0) {
-            tomo_volume_file_name(st->vol, v, (int)(i - 2), name, sizeof name);
+            tomo_volume_slice_name(st->vol, (int)(i - 2), name, sizeof name);
             child = SLICE_INO(v, i - 2);
         } else {
             snprintf(name, sizeof name, "%s", fixed[i - 2].name);
@@ -369,7 +343,7 @@ static char *append_cache_status(const fs_state *st, char *text, size_t *len)
     return joined;
 }
 
-static char *status_text(const fs_state *st, size_t *len)
+static char *status_text(fs_state *st, size_t *len)
 {
     tomo_engine_stats es = {0};
     tomo_ram_cache_stats rs = {0};
@@ -377,32 +351,42 @@ static char *status_text(const fs_state *st, size_t *len)
         tomo_engine_get_stats(st->vol->engine, &es);
     if (st->vol->ram)
         tomo_ram_cache_get_stats(st->vol->ram, &rs);
+    char last_error[sizeof st->last_error];
+    pthread_mutex_lock(&st->error_lock);
+    snprintf(last_error, sizeof last_error, "%s", st->last_error[0] ? st->last_error : "none");
+    pthread_mutex_unlock(&st->error_lock);
     char *text = NULL;
-    int n = asprintf(&text,
-                     "pid: %ld\n"
-                     "scan: %s\n"
-                     "backend: %s\n"
-                     "requests: %llu\n"
-                     "queued: %llu\n"
-                     "joined: %llu\n"
-                     "chunks: %llu\n"
-                     "slices_computed: %llu\n"
-                     "errors: %llu\n"
-                     "busy_seconds: %.3f\n"
-                     "read_seconds: %.3f\n"
-                     "ram_entries: %llu\n"
-                     "ram_bytes: %llu\n"
-                     "ram_capacity: %llu\n"
-                     "ram_hits: %llu\n"
-                     "ram_misses: %llu\n",
-                     (long)getpid(), st->vol->scan->path,
-                     st->vol->engine ? tomo_engine_backend(st->vol->engine) : "starting",
-                     (unsigned long long)es.requests, (unsigned long long)es.queued,
-                     (unsigned long long)es.joined, (unsigned long long)es.chunks,
-                     (unsigned long long)es.slices, (unsigned long long)es.errors, es.busy_seconds,
-                     es.read_seconds, (unsigned long long)rs.entries, (unsigned long long)rs.bytes,
-                     (unsigned long long)rs.capacity, (unsigned long long)rs.hits,
-                     (unsigned long long)rs.misses);
+    int n = asprintf(
+        &text,
+        "pid: %ld\n"
+        "version: %s\n"
+        "mountpoint: %s\n"
+        "uptime_seconds: %lld\n"
+        "scan: %s\n"
+        "backend: %s\n"
+        "requests: %llu\n"
+        "queued: %llu\n"
+        "joined: %llu\n"
+        "chunks: %llu\n"
+        "slices_computed: %llu\n"
+        "errors: %llu\n"
+        "last_error: %s\n"
+        "busy_seconds: %.3f\n"
+        "read_seconds: %.3f\n"
+        "ram_entries: %llu\n"
+        "ram_bytes: %llu\n"
+        "ram_capacity: %llu\n"
+        "ram_hits: %llu\n"
+        "ram_misses: %llu\n"
+        "ram_evictions: %llu\n",
+        (long)getpid(), TOMOFS_VERSION, st->mountpoint, (long long)(time(NULL) - st->started),
+        st->vol->scan->path, st->vol->engine ? tomo_engine_backend(st->vol->engine) : "starting",
+        (unsigned long long)es.requests, (unsigned long long)es.queued,
+        (unsigned long long)es.joined, (unsigned long long)es.chunks, (unsigned long long)es.slices,
+        (unsigned long long)es.errors, last_error, es.busy_seconds, es.read_seconds,
+        (unsigned long long)rs.entries, (unsigned long long)rs.bytes,
+        (unsigned long long)rs.capacity, (unsigned long long)rs.hits, (unsigned long long)rs.misses,
+        (unsigned long long)rs.evictions);
     if (n < 0)
         return NULL;
     *len = (size_t)n;
@@ -500,16 +484,33 @@ typedef struct read_request {
     size_t size;
 } read_request;
 
+/*
+ * Logs a failed read as one line naming the file under the mount point, and keeps it for the
+ * status file's last_error.
+ */
+static void read_failed(fs_state *st, int variant, int z, const char *message)
+{
+    char name[64], when[32] = "";
+    tomo_volume_slice_name(st->vol, z, name, sizeof name);
+    const char *folder = st->vol->variants[variant].name;
+    tomo_log_error("%s/%s/%s: %s", st->mountpoint, folder, name, message);
+    time_t now = time(NULL);
+    struct tm tm;
+    if (localtime_r(&now, &tm))
+        strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    pthread_mutex_lock(&st->error_lock);
+    snprintf(st->last_error, sizeof st->last_error, "%s %s/%s: %s", when, folder, name, message);
+    pthread_mutex_unlock(&st->error_lock);
+}
+
 /* Called by the RAM tier or an engine thread once the pixels exist (or failed). */
 static void read_done(void *arg, tomo_slice *slice, const tomo_error *err)
 {
     read_request *r = arg;
     tomo_volume *vol = r->st->vol;
-    char name[64];
     if (!slice) {
-        tomo_volume_slice_name(vol, r->z, name, sizeof name);
         if (err && err->code != TOMO_E_CANCELLED)
-            tomo_log_error("%s/%s: %s", vol->variants[r->variant].name, name, err->message);
+            read_failed(r->st, r->variant, r->z, err->message);
         fuse_reply_err(r->req, err && err->code == TOMO_E_CANCELLED ? EINTR : EIO);
         free(r);
         return;
@@ -518,22 +519,8 @@ static void read_done(void *arg, tomo_slice *slice, const tomo_error *err)
     tomo_error herr;
     tomo_error_clear(&herr);
     if (tomo_volume_slice_header(vol, r->variant, r->z, header, &herr) < 0) {
-        tomo_volume_slice_name(vol, r->z, name, sizeof name);
-        tomo_log_error("%s/%s: %s", vol->variants[r->variant].name, name, herr.message);
+        read_failed(r->st, r->variant, r->z, herr.message);
         fuse_reply_err(r->req, EIO);
-        free(r);
-        return;
-    }
-    if (vol->variants[r->variant].dtype != TOMO_SAMPLE_FLOAT32) {
-        /* converted samples: assembled in a buffer of this request */
-        unsigned char *buf = malloc(r->size ? r->size : 1);
-        if (!buf)
-            fuse_reply_err(r->req, ENOMEM);
-        else
-            fuse_reply_buf(
-                r->req, (const char *)buf,
-                tomo_volume_file_bytes(vol, r->variant, header, slice, r->offset, r->size, buf));
-        free(buf);
         free(r);
         return;
     }
@@ -556,47 +543,6 @@ static void read_done(void *arg, tomo_slice *slice, const tomo_error *err)
     free(r);
 }
 
-/* A read of a volume file waiting for its slices. */
-typedef struct volume_request {
-    fuse_req_t req;
-    fs_state *st;
-    int variant;
-} volume_request;
-
-static void volume_read_done(void *arg, const unsigned char *data, size_t length,
-                             const tomo_error *err)
-{
-    volume_request *q = arg;
-    if (data) {
-        fuse_reply_buf(q->req, (const char *)data, length);
-    } else {
-        if (err && err->code != TOMO_E_CANCELLED)
-            tomo_log_error("volumes/%s: %s", q->st->vol->variants[q->variant].volume_name,
-                           err->message);
-        fuse_reply_err(q->req, err && err->code == TOMO_E_CANCELLED ? EINTR : EIO);
-    }
-    free(q);
-}
-
-/* Reads of volumes/<variant>.nrrd: the header, and the slices the range covers. */
-static void read_volume(fuse_req_t req, fs_state *st, int v, size_t size, off_t off)
-{
-    uint64_t file_size = st->vol->variants[v].volume_size;
-    if (off < 0 || (uint64_t)off >= file_size || size == 0) {
-        fuse_reply_buf(req, NULL, 0);
-        return;
-    }
-    if (size > file_size - (uint64_t)off)
-        size = (size_t)(file_size - (uint64_t)off);
-    volume_request *q = malloc(sizeof *q);
-    if (!q) {
-        fuse_reply_err(req, ENOMEM);
-        return;
-    }
-    *q = (volume_request){req, st, v};
-    tomo_volume_read_volume(st->vol, v, (uint64_t)off, size, volume_read_done, q);
-}
-
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -611,10 +557,6 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     }
     if (ino == INO_STATUS) {
         reply_status(req, (const status_handle *)(uintptr_t)fi->fh, off, size);
-        return;
-    }
-    if (variant_of_volume(st, ino) >= 0) {
-        read_volume(req, st, variant_of_volume(st, ino), size, off);
         return;
     }
     if (!valid_slice_ino(st, ino)) {
@@ -646,15 +588,12 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
     memset(&s, 0, sizeof s);
     s.f_bsize = 1 << 20;
     s.f_frsize = 1 << 20;
-    uint64_t bytes = 0, files = 8;
+    uint64_t bytes = 0;
     for (int v = 0; v < st->vol->n_variants; v++)
-        if (!st->vol->variants[v].hidden) {
-            const tomo_volume_variant *var = &st->vol->variants[v];
-            bytes += var->file_size * (uint64_t)var->n_slices + var->volume_size;
-            files += (uint64_t)var->n_slices + (var->volume_size ? 1 : 0);
-        }
+        if (!st->vol->variants[v].hidden)
+            bytes += st->vol->variants[v].file_size * (uint64_t)st->vol->scan->rows;
     s.f_blocks = (fsblkcnt_t)((bytes + (1u << 20) - 1) >> 20);
-    s.f_files = (fsfilcnt_t)files;
+    s.f_files = (fsfilcnt_t)(st->vol->n_variants * (uint64_t)st->vol->scan->rows + 8);
     s.f_namemax = 255;
     fuse_reply_statfs(req, &s);
 }
@@ -752,7 +691,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
 int tomo_fs_serve(tomo_volume *vol, struct fuse_args *args, const char *mountpoint, int foreground,
                   tomo_error *err)
 {
-    fs_state st = {vol, getuid(), getgid()};
+    fs_state st = {vol, getuid(), getgid(), mountpoint, time(NULL), PTHREAD_MUTEX_INITIALIZER, ""};
     struct fuse_session *se = fuse_session_new(args, &fs_ops, sizeof fs_ops, &st);
     if (!se)
         return tomo_error_set(err, TOMO_E_INVALID, "invalid FUSE options");
@@ -790,6 +729,12 @@ int tomo_fs_serve(tomo_volume *vol, struct fuse_args *args, const char *mountpoi
     }
     fuse_session_loop_mt(se, loop);
     fuse_loop_cfg_destroy(loop);
+    tomo_engine_stats es = {0};
+    if (vol->engine)
+        tomo_engine_get_stats(vol->engine, &es);
+    tomo_log_info("stopped serving %s at %s: %llu slices computed, %llu failed chunks",
+                  vol->scan->path, mountpoint, (unsigned long long)es.slices,
+                  (unsigned long long)es.errors);
     /* Answer (cancel) what is still waiting before the channel goes away. */
     tomo_volume_stop(vol);
 unmount:
