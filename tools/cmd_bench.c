@@ -167,6 +167,8 @@ int tomo_cmd_bench(int argc, char **argv)
     }
 
     double best_prep = INFINITY, best_filter = INFINITY, best_bp = INFINITY;
+    tomo_progress progress;
+    tomo_progress_start(&progress, "bench", repeat);
     for (int r = 0; r < repeat; r++) {
         double t0 = tomo_now();
         if (tomo_prep_rows(scan, &p->prep, pool, NULL, (int)m, first, rows, raw, NULL, &err) < 0) {
@@ -184,7 +186,9 @@ int tomo_cmd_bench(int argc, char **argv)
         best_prep = fmin(best_prep, t1 - t0);
         best_filter = fmin(best_filter, t2 - t1);
         best_bp = fmin(best_bp, t3 - t2);
+        tomo_progress_update(&progress, r + 1, NULL);
     }
+    tomo_progress_finish(&progress, repeat);
     printf("scan: %s (%s)\n", scan->path, scan->format);
     printf("geometry: width %ld, projections %ld, slices %d at row %d, output %d x %d\n", n, m,
            rows, first, size, size);
