@@ -28,7 +28,9 @@ enum {
     INO_STATUS = 4,      /* .tomofs/status */
     INO_DENOISED_DIR = 5,
     INO_DENOISED_README = 6,
+    INO_VOLUMES_DIR = 10,  /* volumes/ */
     INO_VARIANT_DIR0 = 16, /* + variant index */
+    INO_VOLUME_FILE0 = 64, /* + variant index: volumes/<variant>.nrrd */
 };
 
 #define SLICE_INO(v, z)   (((fuse_ino_t)(v) + 1) << 32 | (fuse_ino_t)(uint32_t)(z))
@@ -70,7 +72,25 @@ static int valid_slice_ino(const fs_state *st, fuse_ino_t ino)
         return 0;
     int v = INO_VARIANT(ino);
     return v >= 0 && v < st->vol->n_variants && !st->vol->variants[v].hidden &&
-           INO_SLICE(ino) < st->vol->scan->rows;
+           INO_SLICE(ino) < st->vol->variants[v].n_slices;
+}
+
+/* The variant whose volume file is `ino`, or -1. */
+static int variant_of_volume(const fs_state *st, fuse_ino_t ino)
+{
+    if (ino < INO_VOLUME_FILE0 || ino >= INO_VOLUME_FILE0 + (fuse_ino_t)st->vol->n_variants)
+        return -1;
+    int v = (int)(ino - INO_VOLUME_FILE0);
+    return st->vol->variants[v].volume_size ? v : -1; /* hidden ones have none */
+}
+
+/* Whether any folder has a volume file, i.e. volumes/ exists. */
+static int have_volumes(const fs_state *st)
+{
+    for (int v = 0; v < st->vol->n_variants; v++)
+        if (st->vol->variants[v].volume_size)
+            return 1;
+    return 0;
 }
 
 static void fill_attr(const fs_state *st, struct stat *attr, fuse_ino_t ino, int is_dir,
@@ -97,8 +117,12 @@ static int stat_ino(const fs_state *st, fuse_ino_t ino, struct stat *attr)
         fill_attr(st, attr, ino, 0, st->vol->variants[INO_VARIANT(ino)].file_size);
         return 0;
     }
-    if (variant_of_dir(st, ino) >= 0) {
+    if (variant_of_dir(st, ino) >= 0 || (ino == INO_VOLUMES_DIR && have_volumes(st))) {
         fill_attr(st, attr, ino, 1, 0);
+        return 0;
+    }
+    if (variant_of_volume(st, ino) >= 0) {
+        fill_attr(st, attr, ino, 0, st->vol->variants[variant_of_volume(st, ino)].volume_size);
         return 0;
     }
     switch (ino) {
@@ -162,6 +186,13 @@ static int fixed_entries(const fs_state *st, fuse_ino_t dir, dirent_info *out, i
             if (!st->vol->variants[v].hidden)
                 out[n++] =
                     (dirent_info){st->vol->variants[v].name, INO_VARIANT_DIR0 + (fuse_ino_t)v};
+        if (n < max && have_volumes(st))
+            out[n++] = (dirent_info){"volumes", INO_VOLUMES_DIR};
+    } else if (dir == INO_VOLUMES_DIR) {
+        for (int v = 0; v < st->vol->n_variants && n < max; v++)
+            if (st->vol->variants[v].volume_size)
+                out[n++] = (dirent_info){st->vol->variants[v].volume_name,
+                                         INO_VOLUME_FILE0 + (fuse_ino_t)v};
     } else if (dir == INO_CONTROL_DIR) {
         if (n < max)
             out[n++] = (dirent_info){"status", INO_STATUS};
@@ -177,7 +208,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     fs_state *st = state_of(req);
     int v = variant_of_dir(st, parent);
     if (v >= 0) {
-        int z = tomo_volume_parse_slice_name(st->vol, name);
+        int z = tomo_volume_parse_file_name(st->vol, v, name);
         reply_entry(req, st, z >= 0 ? SLICE_INO(v, z) : 0);
         return;
     }
@@ -188,7 +219,8 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             reply_entry(req, st, entries[i].ino);
             return;
         }
-    if (parent == INO_ROOT || parent == INO_CONTROL_DIR || parent == INO_DENOISED_DIR)
+    if (parent == INO_ROOT || parent == INO_CONTROL_DIR || parent == INO_DENOISED_DIR ||
+        (parent == INO_VOLUMES_DIR && have_volumes(st)))
         reply_entry(req, st, 0);
     else
         fuse_reply_err(req, ENOTDIR);
@@ -209,7 +241,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static int is_dir_ino(const fs_state *st, fuse_ino_t ino)
 {
     return ino == INO_ROOT || ino == INO_CONTROL_DIR || ino == INO_DENOISED_DIR ||
-           variant_of_dir(st, ino) >= 0;
+           variant_of_dir(st, ino) >= 0 || (ino == INO_VOLUMES_DIR && have_volumes(st));
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -243,7 +275,7 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
     int v = variant_of_dir(st, ino);
     dirent_info fixed[TOMO_VOLUME_MAX_VARIANTS + 4];
     long n_fixed = v >= 0 ? 0 : fixed_entries(st, ino, fixed, TOMO_VOLUME_MAX_VARIANTS + 4);
-    long total = 2 + (v >= 0 ? st->vol->scan->rows : n_fixed);
+    long total = 2 + (v >= 0 ? st->vol->variants[v].n_slices : n_fixed);
     size_t used = 0;
     for (long i = off; i < total; i++) {
         char name[64];
@@ -255,7 +287,7 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
             snprintf(name, sizeof name, "..");
             child = INO_ROOT;
         } else if (v >= 0) {
-            tomo_volume_slice_name(st->vol, (int)(i - 2), name, sizeof name);
+            tomo_volume_file_name(st->vol, v, (int)(i - 2), name, sizeof name);
             child = SLICE_INO(v, i - 2);
         } else {
             snprintf(name, sizeof name, "%s", fixed[i - 2].name);
@@ -491,8 +523,11 @@ typedef struct read_request {
 static void read_failed(fs_state *st, int variant, int z, const char *message)
 {
     char name[64], when[32] = "";
-    tomo_volume_slice_name(st->vol, z, name, sizeof name);
-    const char *folder = st->vol->variants[variant].name;
+    if (z >= 0) /* a slice file, else the variant's volume file */
+        tomo_volume_file_name(st->vol, variant, z, name, sizeof name);
+    else
+        snprintf(name, sizeof name, "%s", st->vol->variants[variant].volume_name);
+    const char *folder = z >= 0 ? st->vol->variants[variant].name : "volumes";
     tomo_log_error("%s/%s/%s: %s", st->mountpoint, folder, name, message);
     time_t now = time(NULL);
     struct tm tm;
@@ -524,6 +559,19 @@ static void read_done(void *arg, tomo_slice *slice, const tomo_error *err)
         free(r);
         return;
     }
+    if (vol->variants[r->variant].dtype != TOMO_SAMPLE_FLOAT32) {
+        /* converted samples: assembled in a buffer of this request */
+        unsigned char *buf = malloc(r->size ? r->size : 1);
+        if (!buf)
+            fuse_reply_err(r->req, ENOMEM);
+        else
+            fuse_reply_buf(
+                r->req, (const char *)buf,
+                tomo_volume_file_bytes(vol, r->variant, header, slice, r->offset, r->size, buf));
+        free(buf);
+        free(r);
+        return;
+    }
     struct iovec iov[2];
     int n = 0;
     uint64_t off = r->offset, end = r->offset + r->size;
@@ -543,6 +591,46 @@ static void read_done(void *arg, tomo_slice *slice, const tomo_error *err)
     free(r);
 }
 
+/* A read of a volume file waiting for its slices. */
+typedef struct volume_request {
+    fuse_req_t req;
+    fs_state *st;
+    int variant;
+} volume_request;
+
+static void volume_read_done(void *arg, const unsigned char *data, size_t length,
+                             const tomo_error *err)
+{
+    volume_request *q = arg;
+    if (data) {
+        fuse_reply_buf(q->req, (const char *)data, length);
+    } else {
+        if (err && err->code != TOMO_E_CANCELLED)
+            read_failed(q->st, q->variant, -1, err->message);
+        fuse_reply_err(q->req, err && err->code == TOMO_E_CANCELLED ? EINTR : EIO);
+    }
+    free(q);
+}
+
+/* Reads of volumes/<variant>.nrrd: the header, and the slices the range covers. */
+static void read_volume(fuse_req_t req, fs_state *st, int v, size_t size, off_t off)
+{
+    uint64_t file_size = st->vol->variants[v].volume_size;
+    if (off < 0 || (uint64_t)off >= file_size || size == 0) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    if (size > file_size - (uint64_t)off)
+        size = (size_t)(file_size - (uint64_t)off);
+    volume_request *q = malloc(sizeof *q);
+    if (!q) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    *q = (volume_request){req, st, v};
+    tomo_volume_read_volume(st->vol, v, (uint64_t)off, size, volume_read_done, q);
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -557,6 +645,10 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     }
     if (ino == INO_STATUS) {
         reply_status(req, (const status_handle *)(uintptr_t)fi->fh, off, size);
+        return;
+    }
+    if (variant_of_volume(st, ino) >= 0) {
+        read_volume(req, st, variant_of_volume(st, ino), size, off);
         return;
     }
     if (!valid_slice_ino(st, ino)) {
@@ -588,12 +680,15 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
     memset(&s, 0, sizeof s);
     s.f_bsize = 1 << 20;
     s.f_frsize = 1 << 20;
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, files = 8;
     for (int v = 0; v < st->vol->n_variants; v++)
-        if (!st->vol->variants[v].hidden)
-            bytes += st->vol->variants[v].file_size * (uint64_t)st->vol->scan->rows;
+        if (!st->vol->variants[v].hidden) {
+            const tomo_volume_variant *var = &st->vol->variants[v];
+            bytes += var->file_size * (uint64_t)var->n_slices + var->volume_size;
+            files += (uint64_t)var->n_slices + (var->volume_size ? 1 : 0);
+        }
     s.f_blocks = (fsblkcnt_t)((bytes + (1u << 20) - 1) >> 20);
-    s.f_files = (fsfilcnt_t)(st->vol->n_variants * (uint64_t)st->vol->scan->rows + 8);
+    s.f_files = (fsfilcnt_t)files;
     s.f_namemax = 255;
     fuse_reply_statfs(req, &s);
 }
