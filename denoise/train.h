@@ -62,7 +62,7 @@ typedef struct tomo_train_run_config {
     void *ctx;
     /* After every step (may be NULL). */
     void (*on_step)(void *ctx, const tomo_train_status *status);
-    /* After every checkpoint written (may be NULL); `final` is 1 for the last. */
+    /* After every checkpoint written (may be NULL): model->step_in_epoch is 0 after an epoch. */
     void (*on_checkpoint)(void *ctx, const tomo_model *model, const char *path);
     /* Once, with the executor's description (may be NULL). */
     void (*on_backend)(void *ctx, const char *backend);

@@ -538,6 +538,11 @@ int tomo_cmd_train(int argc, char **argv)
             "tomofs: model %s\ntomofs: loss history %s and %s\n",
             model->epoch, (unsigned long long)model->step, took, epoch_mean(model, model->epoch),
             path, csv, png);
+    if (!model_arg)
+        fprintf(stderr,
+                "tomofs: a mount of %s with the same reconstruction options serves "
+                "it\n",
+                argv[optind]);
     status = 0;
 out:
     tomo_model_free(model);
