@@ -22,6 +22,7 @@ struct tomo_n2i {
     float *input;  /* [C][T][T] */
     float *output; /* [T][T] */
     double *acc;   /* [S][S], sum over k of the network's output */
+    const atomic_int *cancel;
     char backend[256];
 };
 
@@ -86,6 +87,7 @@ int tomo_n2i_create(tomo_model *model, int size, const tomo_n2i_config *config, 
     if (!n2i)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
     n2i->model = model;
+    n2i->cancel = config->cancel;
     n2i->size = size;
     n2i->K = K;
     n2i->context = context;
@@ -206,6 +208,8 @@ int tomo_n2i_denoise_slice(tomo_n2i *n2i, const float *const *inputs, const unsi
                 /* the tile contributes slice pixels [v0, v0 + step) x [u0, u0 + step) */
                 int v0 = ty * step - n2i->pad, u0 = tx * step - n2i->pad;
                 int y0 = v0 - n2i->margin, x0 = u0 - n2i->margin;
+                if (n2i->cancel && atomic_load(n2i->cancel))
+                    return tomo_error_set(err, TOMO_E_CANCELLED, "denoising cancelled");
                 fill_input(n2i, inputs, k, y0, x0);
                 int rc = tomo_unet_forward(n2i->exec, n2i->input, 1, n2i->output, err);
                 if (rc < 0)

@@ -26,6 +26,8 @@
 #ifndef TOMO_SERVE_H
 #define TOMO_SERVE_H
 
+#include <stdatomic.h>
+
 #include "../common/error.h"
 #include "model.h"
 #include "unet.h"
@@ -38,6 +40,11 @@ typedef struct tomo_n2i_config {
                     side (rounded up to a multiple of 2^levels), always */
     int margin;  /* context read on each side of a tile, rounded up to a multiple of
                     2^levels; 0 = 7 * 2^levels */
+    /*
+     * Once *cancel is nonzero, tomo_n2i_denoise_slice() stops before its next pass of the
+     * network and fails with TOMO_E_CANCELLED (a pass under way is finished). NULL: never.
+     */
+    const atomic_int *cancel;
 } tomo_n2i_config;
 
 void tomo_n2i_config_default(tomo_n2i_config *config);

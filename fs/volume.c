@@ -26,6 +26,7 @@ struct tomo_volume_denoiser {
     struct denoise_job *jobs;   /* queued or running, oldest first */
     pthread_mutex_t issue_lock; /* held while the thread asks for split slices */
     int stopping;               /* set with both locks held */
+    atomic_int cancel;          /* set with stopping: ends a slice between network passes */
     pthread_t thread;
     int thread_started;
 };
@@ -1107,7 +1108,7 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
 {
     struct tomo_volume_denoiser *d = vol->denoiser;
     const int K = d->model->split.k, context = d->model->split.context, C = 2 * context + 1;
-    const int n = K * C;
+    const int n = K * C, n_slices = vol->variants[vol->base_variant].n_slices;
     gather_slot *slots = malloc((size_t)n * sizeof *slots);
     if (!slots)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
@@ -1125,7 +1126,7 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
     for (int k = 0; k < K && !stopping; k++)
         for (int c = 0; c < C; c++)
             tomo_volume_get(vol, tomo_volume_split_variant(vol, k),
-                            tomo_model_reflect(z - context + c, vol->scan->rows), gather_done,
+                            tomo_model_reflect(z - context + c, n_slices), gather_done,
                             &slots[k * C + c]);
     pthread_mutex_unlock(&d->issue_lock);
     pthread_mutex_lock(&g.lock);
@@ -1160,6 +1161,7 @@ static int denoiser_ready(tomo_volume *vol, tomo_error *err)
                                                             : vol->opts.device;
         cfg.threads = vol->opts.threads;
         cfg.exact = vol->opts.precision == TOMO_PRECISION_EXACT;
+        cfg.cancel = &d->cancel;
         if (tomo_n2i_create(d->model, vol->variants[vol->denoised_variant].size, &cfg, &d->n2i,
                             &d->n2i_error) == 0)
             tomo_log_info("denoised/: %s", tomo_n2i_backend(d->n2i));
@@ -1476,6 +1478,24 @@ void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, siz
         compute(vol, variant, z, done, arg);
 }
 
+int tomo_volume_compute(tomo_volume *vol, int variant, int z0, int nz, tomo_slice **out,
+                        tomo_error *err)
+{
+    if (variant != vol->denoised_variant)
+        return tomo_engine_compute(vol->engine, variant, z0, nz, out, err);
+    for (int i = 0; i < nz; i++) {
+        int rc = tomo_volume_fetch(vol, variant, z0 + i, &out[i], err);
+        if (rc < 0) {
+            while (i-- > 0) {
+                tomo_slice_unref(out[i]);
+                out[i] = NULL;
+            }
+            return rc;
+        }
+    }
+    return 0;
+}
+
 size_t tomo_volume_file_bytes(const tomo_volume *vol, int variant, const unsigned char *header,
                               const tomo_slice *slice, uint64_t offset, size_t length,
                               unsigned char *dst)
@@ -1704,6 +1724,7 @@ void tomo_volume_stop(tomo_volume *vol)
         pthread_mutex_lock(&d->issue_lock);
         pthread_mutex_lock(&d->lock);
         d->stopping = 1;
+        atomic_store(&d->cancel, 1);
         pthread_cond_broadcast(&d->wake);
         pthread_mutex_unlock(&d->lock);
         pthread_mutex_unlock(&d->issue_lock);

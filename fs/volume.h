@@ -189,6 +189,15 @@ void tomo_volume_read(tomo_volume *vol, int variant, int z, uint64_t offset, siz
 int tomo_volume_fetch(tomo_volume *vol, int variant, int z, tomo_slice **slice, tomo_error *err);
 
 /*
+ * Slices [z0, z0 + nz) of a variant, waited for, for whole-volume work such as export: one
+ * chunk of the engine (tomo_engine_compute), or for denoised/ one slice after another through
+ * tomo_volume_fetch. out[i] receives slice z0 + i (caller unrefs). The caller keeps the range
+ * inside the variant.
+ */
+int tomo_volume_compute(tomo_volume *vol, int variant, int z0, int nz, tomo_slice **out,
+                        tomo_error *err);
+
+/*
  * Copies bytes [offset, offset + length) of the slice file into dst, from its header and
  * pixels (converted to uint16 for such a variant). Returns the number of bytes copied (less
  * than length only at the end of the file).

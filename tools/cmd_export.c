@@ -391,7 +391,7 @@ int tomo_cmd_export(int argc, char **argv)
     /* The next chunk is reconstructed while the writers store the previous one. */
     for (int z = z0; z < z1 && !failed; z += chunk) {
         int nz = z1 - z < chunk ? z1 - z : chunk;
-        if (tomo_engine_compute(vol->engine, v, z, nz, slices, &err) < 0) {
+        if (tomo_volume_compute(vol, v, z, nz, slices, &err) < 0) {
             fprintf(stderr, "\ntomofs: slices %d-%d: %s\n", z, z + nz - 1, err.message);
             failed = 1;
             break;

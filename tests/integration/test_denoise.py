@@ -14,10 +14,14 @@
 
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import numpy as np
 
@@ -390,6 +394,67 @@ def main():
         print(f"     tiles 64 and 80: equal inside; at the edges max |diff| / range "
               f"{np.abs(tiled - full).max() / (full.max() - full.min()):.2e}")
 
+    def readers_export_and_sigterm():
+        # the K = 2 model of the default place, from the check before
+        opts = fixed
+        exported = os.path.join(tmp, "export-denoised")
+        run("export", scan, exported, "--variant", "denoised", "--range", f"{ROWS - 4}:{ROWS}",
+            "-o", opts)
+        with Mount(scan, "-o", opts + ",cache=none") as m:
+            failures = []
+
+            def reader(seed):
+                local = random.Random(seed)
+                for _ in range(6):
+                    name = f"slice_{local.randrange(ROWS - 4, ROWS):05d}.tif"
+                    with open(m.path("denoised", name), "rb") as f:
+                        off = local.randrange(4096 + WIDTH * WIDTH * 4)
+                        f.seek(off)
+                        part = f.read(3000)
+                        f.seek(0)
+                        whole = f.read()
+                    ref = open(os.path.join(exported, name), "rb").read()
+                    if whole != ref or part != ref[off:off + 3000]:
+                        failures.append(name)
+
+            threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not failures, failures
+        print("     6 concurrent readers of denoised/ read what export wrote")
+
+        # SIGTERM while a slice of a larger network is being denoised: the daemon cancels it,
+        # stops the denoiser before the engine and exits
+        big = tool("model", scan, os.path.join(tmp, "big.model"), "--levels", 4, "--features",
+                   32, "--mean", model_mean, "--std", model_std, "-o", fixed + ",cache=none")
+        with Mount(scan, "-o", fixed + f",cache=none,model={big}") as m:
+            pid = m.pid()
+            outcome = []
+
+            def read_one():
+                t0 = time.time()
+                try:
+                    outcome.append(len(open(m.path("denoised", "slice_00005.tif"), "rb").read()))
+                except OSError as e:
+                    outcome.append(e.errno)
+                outcome.append(time.time() - t0)
+
+            t = threading.Thread(target=read_one)
+            t.start()
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + 60
+            while (os.path.ismount(m.dir) or os.path.exists(f"/proc/{pid}")) and \
+                    time.time() < deadline:
+                time.sleep(0.05)
+            t.join(60)
+            assert not os.path.exists(f"/proc/{pid}"), "daemon still running after SIGTERM"
+            assert not os.path.ismount(m.dir), "still mounted after SIGTERM"
+            print(f"     SIGTERM during a denoised read: the reader got {outcome[0]} after "
+                  f"{outcome[1]:.1f} s; the daemon exited")
+
     def bad_models_fail_the_mount():
         bad = os.path.join(tmp, "bad.model")
         open(bad, "wb").write(b"TOMOFS-N2I-MODEL" + b"\0" * 100)
@@ -416,6 +481,8 @@ def main():
             denoised_k2_default_place)
     r.check("denoised/ equals the NumPy network, K = 3, -o model=",
             denoised_k3_model_option)
+    r.check("concurrent readers and export agree; SIGTERM during denoising exits",
+            readers_export_and_sigterm)
     r.check("tiles give the full slice's pixels beyond the network's reach",
             tiles_equal_the_full_slice_inside)
     r.check("unusable models fail the mount with one message", bad_models_fail_the_mount)
