@@ -541,7 +541,7 @@ int tomo_cmd_train(int argc, char **argv)
     if (!model_arg)
         fprintf(stderr,
                 "tomofs: a mount of %s with the same reconstruction options serves "
-                "it\n",
+                "denoised/ with it\n",
                 argv[optind]);
     status = 0;
 out:
