@@ -39,9 +39,9 @@ typedef struct tomo_volume_options {
     double range_lo;          /* uint16: the cm^-1 of 0 and 65535; NaN = automatic */
     double range_hi;
     tomo_center_sweep center_search; /* count > 0: the centre-search/ folder */
-    int splits;               /* K, Noise2Inverse projection subsets; a loaded model's K wins */
-    char model[4096];         /* denoising model file; empty = the default place for the scan */
-    int model_off;            /* 1: look for no model; denoised/ holds its README (training) */
+    int splits;       /* K, Noise2Inverse projection subsets; a loaded model's K wins */
+    char model[4096]; /* denoising model file; empty = the default place for the scan */
+    int model_off;    /* 1: look for no model; denoised/ holds its README (training) */
 } tomo_volume_options;
 
 void tomo_volume_options_default(tomo_volume_options *opts);
