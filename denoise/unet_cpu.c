@@ -270,6 +270,7 @@ typedef struct cpu_exec {
     float *binv;           /* [n_buffers] at the mean offsets: its 1 / sqrt(variance + eps) */
     double *partial;       /* [batch]: per-image sums of the loss */
     float *grad;           /* [n_params], training: train_step's gradient */
+    float *tbuf;           /* training: an output gradient, pixel-major, for weight gradients */
     float *out;            /* [batch][H][W], training: the forward output */
     float *skip[MAXL];     /* inference: the skips of levels 0..L-1 */
     float *s1, *s2, *s3;   /* work tensors, f x H x W per image */
@@ -446,7 +447,7 @@ static size_t need_conv_fwd(int ci, size_t hw)
 static size_t need_conv_dw(int ci, int co, size_t hw)
 {
     size_t K = (size_t)ci * 9, P = (size_t)tile_len(K, hw), ldco = round_up((size_t)co, NR);
-    return ROW_CHUNK * round_up(P, NR) + P * ldco + ROW_CHUNK * ldco;
+    return ROW_CHUNK * round_up(P, NR) + ROW_CHUNK * ldco;
 }
 
 static size_t need_up_fwd(int ci, int co, size_t hw)
@@ -458,7 +459,7 @@ static size_t need_up_fwd(int ci, int co, size_t hw)
 static size_t need_up_back(int ci, int co, size_t hw)
 {
     size_t m = (size_t)co * 4, P = (size_t)tile_len(m, hw), ld4 = round_up(m, NR);
-    size_t dw = P * ld4 + ROW_CHUNK * ld4;
+    size_t dw = ROW_CHUNK * ld4;
     size_t din = m * round_up(P, NR);
     (void)ci;
     return dw > din ? dw : din;
@@ -554,31 +555,70 @@ static void conv3x3(cpu_exec *ex, const tensor *in, const float *w, const tensor
 
 /* ---- conv 3x3, weight gradient ------------------------------------------------------------ */
 
+/*
+ * Pixel-major copy of a gradient, shared by the weight-gradient tasks: for every image n and
+ * pixel p, ex->tbuf[(n * hw + p) * ld + m] for m < ld (zero beyond the tensor's values).
+ * Conv: m = channel. Up: the output gradient gathered for input pixel p, m = co * 4 + dy * 2 +
+ * dx (pack_up_grad).
+ */
+typedef struct transpose_job {
+    tensor src;
+    int up;     /* 0: conv (channels), 1: transposed conv (gathered 2x2 blocks) */
+    int win;    /* up: width of the input */
+    size_t hw;  /* pixels per image of the pixel-major result */
+    size_t ld;  /* row length */
+    int blocks; /* per image */
+    float *dst;
+} transpose_job;
+
+#define TRANSPOSE_BLOCK 256
+
+static void transpose_task(void *arg, int task, int slot)
+{
+    (void)slot;
+    transpose_job *j = arg;
+    int n = task / j->blocks, b = task % j->blocks;
+    size_t p0 = (size_t)b * TRANSPOSE_BLOCK;
+    int P = (int)(j->hw - p0 < TRANSPOSE_BLOCK ? j->hw - p0 : TRANSPOSE_BLOCK);
+    float *dst = j->dst + ((size_t)n * j->hw + p0) * j->ld;
+    if (j->up)
+        pack_up_grad(&j->src, n, p0, P, j->win, dst, j->ld, 1);
+    else
+        pack_transposed(&j->src, n, p0, P, dst, j->ld);
+}
+
+static void transpose_all(cpu_exec *ex, const tensor *src, int n, int up, size_t hw, int win,
+                          size_t ld)
+{
+    transpose_job j = {
+        *src, up, win, hw, ld, (int)((hw + TRANSPOSE_BLOCK - 1) / TRANSPOSE_BLOCK), ex->tbuf};
+    run(ex, n * j.blocks, transpose_task, &j);
+}
+
 typedef struct conv_dw_job {
     cpu_exec *ex;
-    tensor in, dout;
-    int n;
+    tensor in;
+    int co, n;
     float *grad; /* [co][ci * 9] */
 } conv_dw_job;
 
 static void conv_dw_task(void *arg, int task, int slot)
 {
     conv_dw_job *j = arg;
-    int K = j->in.c * 9, co = j->dout.c;
+    int K = j->in.c * 9, co = j->co;
     int k0 = task * ROW_CHUNK, k1 = k0 + ROW_CHUNK < K ? k0 + ROW_CHUNK : K;
     size_t hw = plane(&j->in);
     int tile = tile_len((size_t)K, hw);
     size_t ld = round_up((size_t)tile, NR), ldco = round_up((size_t)co, NR);
     float *sa = slot_scratch(j->ex, slot);
-    float *sb = sa + ROW_CHUNK * ld;
-    float *sc = sb + (size_t)tile * ldco;
+    float *sc = sa + ROW_CHUNK * ld;
     int first = 1;
     for (int n = 0; n < j->n; n++)
         for (size_t p0 = 0; p0 < hw; p0 += (size_t)tile) {
             int P = (int)(hw - p0 < (size_t)tile ? hw - p0 : (size_t)tile);
             pack_im2col(&j->in, n, p0, P, k0, k1, sa, ld);
-            pack_transposed(&j->dout, n, p0, P, sb, ldco);
-            gemm(k1 - k0, co, P, sa, ld, sb, ldco, sc, ldco, !first);
+            const float *b = j->ex->tbuf + ((size_t)n * hw + p0) * ldco;
+            gemm(k1 - k0, co, P, sa, ld, b, ldco, sc, ldco, !first);
             first = 0;
         }
     for (int k = k0; k < k1; k++)
@@ -586,9 +626,11 @@ static void conv_dw_task(void *arg, int task, int slot)
             j->grad[(size_t)c * K + k] = sc[(size_t)(k - k0) * ldco + c];
 }
 
+/* d loss / d w[co][ci][ky][kx] = sum over images and pixels of dout[co] x im2col(in). */
 static void conv3x3_dw(cpu_exec *ex, const tensor *in, const tensor *dout, int n, float *grad)
 {
-    conv_dw_job j = {ex, *in, *dout, n, grad};
+    transpose_all(ex, dout, n, 0, plane(dout), 0, round_up((size_t)dout->c, NR));
+    conv_dw_job j = {ex, *in, dout->c, n, grad};
     int K = in->c * 9;
     run(ex, (K + ROW_CHUNK - 1) / ROW_CHUNK, conv_dw_task, &j);
 }
@@ -835,14 +877,13 @@ static void up_dw_task(void *arg, int task, int slot)
     size_t hw = plane(&j->in);
     int tile = tile_len((size_t)m, hw);
     size_t ld4 = round_up((size_t)m, NR);
-    float *sb = slot_scratch(j->ex, slot);
-    float *sc = sb + (size_t)tile * ld4;
+    float *sc = slot_scratch(j->ex, slot);
     int first = 1;
     for (int n = 0; n < j->n; n++)
         for (size_t p0 = 0; p0 < hw; p0 += (size_t)tile) {
             int P = (int)(hw - p0 < (size_t)tile ? hw - p0 : (size_t)tile);
-            pack_up_grad(&j->out, n, p0, P, j->in.w, sb, ld4, 1);
-            gemm(c1 - c0, m, P, chan(&j->in, n, c0) + p0, hw, sb, ld4, sc, ld4, !first);
+            const float *b = j->ex->tbuf + ((size_t)n * hw + p0) * ld4;
+            gemm(c1 - c0, m, P, chan(&j->in, n, c0) + p0, hw, b, ld4, sc, ld4, !first);
             first = 0;
         }
     for (int c = c0; c < c1; c++)
@@ -879,19 +920,14 @@ static void bias_task(void *arg, int c, int slot)
 static void up_backward(cpu_exec *ex, const tomo_unet_up *u, const tensor *in, const tensor *dout,
                         const tensor *din, int n, float *grad)
 {
-    up_job j = {ex,
-                *in,
-                *dout,
-                din ? *din : *in,
-                ex->base.net->params + u->weight,
-                NULL,
-                NULL,
-                grad + u->weight,
-                n,
-                0,
-                0,
-                0,
-                0};
+    up_job j = {.ex = ex,
+                .in = *in,
+                .out = *dout,
+                .din = din ? *din : *in,
+                .w = ex->base.net->params + u->weight,
+                .dw = grad + u->weight,
+                .n = n};
+    transpose_all(ex, dout, n, 1, plane(in), in->w, round_up((size_t)u->out_c * 4, NR));
     run(ex, (u->in_c + ROW_CHUNK - 1) / ROW_CHUNK, up_dw_task, &j);
     j.dw = grad + u->bias;
     run(ex, u->out_c, bias_task, &j);
@@ -1379,6 +1415,14 @@ static void plan(cpu_exec *ex, arena_plan *ap)
         return;
     }
     ex->grad = take(ap, lay->n_params);
+    size_t tmax = 0; /* pixels x padded rows of the largest pixel-major gradient */
+    for (int l = 0; l <= L; l++) {
+        size_t hwl = (size_t)(cfg->height >> l) * (size_t)(cfg->width >> l);
+        tmax = max_z(tmax, hwl * round_up((size_t)chan_c(ex, l), NR));
+        if (l < L)
+            tmax = max_z(tmax, hwl / 4 * round_up((size_t)lay->up[l].out_c * 4, NR));
+    }
+    ex->tbuf = take(ap, mul_sat(tmax, (size_t)B));
     ex->out = take(ap, mul_sat(hw, (size_t)B));
     for (int l = 0; l <= L; l++) {
         level_buffers *b = &ex->lv[l];
