@@ -121,8 +121,9 @@ static int stat_ino(const fs_state *st, fuse_ino_t ino, struct stat *attr)
         fill_attr(st, attr, ino, 1, 0);
         return 0;
     }
-    if (variant_of_volume(st, ino) >= 0) {
-        fill_attr(st, attr, ino, 0, st->vol->variants[variant_of_volume(st, ino)].volume_size);
+    int volume = variant_of_volume(st, ino);
+    if (volume >= 0) {
+        fill_attr(st, attr, ino, 0, st->vol->variants[volume].volume_size);
         return 0;
     }
     switch (ino) {
@@ -647,8 +648,9 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         reply_status(req, (const status_handle *)(uintptr_t)fi->fh, off, size);
         return;
     }
-    if (variant_of_volume(st, ino) >= 0) {
-        read_volume(req, st, variant_of_volume(st, ino), size, off);
+    int volume = variant_of_volume(st, ino);
+    if (volume >= 0) {
+        read_volume(req, st, volume, size, off);
         return;
     }
     if (!valid_slice_ino(st, ino)) {

@@ -2,7 +2,10 @@
  * fs/fs.h - the FUSE filesystem (libfuse3 low-level API) over a tomo_volume.
  *
  *   MNT/scan.json                 geometry and every reconstruction parameter
- *   MNT/slices/slice_NNNNN.tif    one float32 TIFF per detector row, computed when first read
+ *   MNT/slices/slice_NNNNN.tif    one float32 (or uint16) TIFF per slice, computed when first read
+ *   MNT/rings-removed/...         the same after stripe removal
+ *   MNT/centre-search/center_C.tif  with -o center_search: one slice at each trial centre
+ *   MNT/volumes/FOLDER.nrrd       each folder of slices as one NRRD volume file
  *   MNT/denoised/README.txt       how to obtain denoised slices
  *   MNT/.tomofs/status            live counters (queue, cache, backend, errors)
  *

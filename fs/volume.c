@@ -1312,6 +1312,13 @@ int tomo_volume_start(tomo_volume *vol, tomo_error *err)
     tomo_engine_sink sink = {vol, sink_store, sink_lookup};
     int rc =
         tomo_engine_create(vol->scan, variants, vol->n_variants, &config, &sink, &vol->engine, err);
+    for (int v = 0; rc == 0 && v < vol->n_variants; v++) {
+        const tomo_recon_params *p = &vol->variants[v].params;
+        if (strncmp(tomo_engine_backend(vol->engine), "cuda", 4) == 0 && !vol->variants[v].hidden &&
+            v != vol->denoised_variant && (p->zbin > 1 || p->sweep.count > 0))
+            tomo_log_info("%s/ is reconstructed on the CPU: the GPU pipeline has no %s",
+                          vol->variants[v].name, p->sweep.count ? "centre sweep" : "row binning");
+    }
     if (rc == 0 && vol->denoiser)
         rc = start_denoiser(vol, err);
     return rc;

@@ -51,7 +51,13 @@ const char tomo_options_help[] =
     "  model=FILE             Noise2Inverse model of denoised/ (default: the one tomofs train\n"
     "                         stored for this scan and these options, if any)\n"
     "  splits=K               interleaved projection subsets of Noise2Inverse (default 2; a\n"
-    "                         model's own K wins)\n";
+    "                         model's own K wins)\n"
+    "\n"
+    "Every folder of slices is also one 3D image, volumes/FOLDER.nrrd: a 4096-byte NRRD\n"
+    "header, then the slices' little-endian samples in order; a read computes only the slices\n"
+    "it covers. ParaView opens it (File > Open), Fiji with File > Import > Nrrd, ImageJ with\n"
+    "File > Import > Raw (offset 4096, little-endian, use virtual stack). Sizes, pixel size and\n"
+    "slice spacing are in scan.json; docs/outputs.md has the details.\n";
 
 int64_t tomo_parse_size(const char *text)
 {
