@@ -469,6 +469,10 @@ def main():
             assert path in msg and why in msg, msg
             print(f"     {msg}")
             os.rmdir(mnt)
+        for value in ["1", "17", "x"]:
+            p = run("info", scan, "-o", f"splits={value}", check=False)
+            assert p.returncode != 0 and f"splits={value}" in p.stderr, p
+        print(f"     {p.stderr.strip()}")
 
     r.check("denoised/ holds README.txt until a model exists", readme_without_model)
     r.check("split 0 equals the scan written with only its projections",
