@@ -16,6 +16,7 @@ bin=2, centre-search/, and the slices' calibration for ImageJ.
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -212,14 +213,27 @@ def main():
             assert props["key"] == sj["file_key"]
 
         def uint16_volume():
-            data = open(m.path("volumes", "slices.nrrd"), "rb").read()
+            vpath = m.path("volumes", "slices.nrrd")
+            size = os.stat(vpath).st_size
+            n = WIDTH * WIDTH * 2
+            assert size == HEADER + ROWS * n
+            # first, before anything of the file is in the page cache: ranges that start and
+            # end anywhere and span slices (the kernel asks for the pages around them)
+            rng = random.Random(5)
+            pieces = []
+            for _ in range(40):
+                a = rng.randrange(size)
+                length = min(rng.randrange(1, 3 * n), size - a)
+                pieces.append((a, pread_random(vpath, a, length)))
+            data = open(vpath, "rb").read()
             end, fl = parse_nrrd(data)
             assert fl["type"] == "uint16", fl
             assert float(fl["old min"]) == lo and float(fl["old max"]) == hi, fl
-            n = WIDTH * WIDTH * 2
             for z in range(ROWS):
                 served = open(m.path("slices", f"slice_{z:05d}.tif"), "rb").read()
                 assert data[end + z * n:end + (z + 1) * n] == served[HEADER:], z
+            for a, piece in pieces:
+                assert piece == data[a:a + len(piece)], a
 
         def uint16_export_equals_mount():
             out = os.path.join(tmp, "export-u16")
