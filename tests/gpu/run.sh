@@ -2,7 +2,7 @@
 # Builds tomofs with CUDA and runs the GPU tests and benchmarks. Needs a machine with an
 # NVIDIA GPU, nvcc, and the build dependencies (pkg-config must find them).
 #
-#   tests/gpu/run.sh [parity|bench|mount|export|all]...    (default: all)
+#   tests/gpu/run.sh [parity|bench|mount|export|unet|all]...    (default: all)
 #
 # parity  CPU against CUDA (exact and fast) on phantoms and on the real scans in
 #         ../shared/data (or $TOMOFS_DATA) when present
@@ -10,6 +10,11 @@
 # mount   first slice through the mount of an uncached 4432-wide, 3600-projection phantom
 #         (raw files in the page cache), then consecutive slices
 # export  tomofs export of a 2048-wide, 2048-projection phantom against dd's write bandwidth
+# unet    the denoising network's CUDA backend against PyTorch (float64, needs python3 with
+#         torch) and against the CPU backend, out-of-memory handling; ms per 4448 x 4448
+#         inference (cuDNN's heuristic and timed algorithms) and per training step on 2 and 4
+#         patches of 2208 x 2208 (the default patch 2216 rounded down to a multiple of 16),
+#         with a profile of each
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${BUILD:-build-gpu}
@@ -18,7 +23,7 @@ data=${TOMOFS_DATA:-../shared/data}
 mkdir -p "$work"
 [ -f "$build/build.ninja" ] || meson setup "$build" --buildtype=release -Dcuda=enabled \
     -Dgpu_arch="${GPU_ARCH:-90}" >/dev/null
-ninja -C "$build" >/dev/null
+if [ "${*:-all}" = unet ]; then ninja -C "$build" tests/unet_check >/dev/null; else ninja -C "$build" >/dev/null; fi
 tomofs=$PWD/$build/tools/tomofs
 check=$PWD/$build/tests/gpu_check
 nproc=$(nproc)
@@ -112,6 +117,25 @@ run_export() {
   echo "dd write bandwidth of the same disk: $dd_line"
 }
 
+run_unet() {
+  local unet=$PWD/$build/tests/unet_check
+  echo "== denoising network: CUDA against PyTorch (float64)"
+  rm -rf "$work/unet"
+  "$unet" torch "$work/unet" || failed=1
+  python3 tests/gpu/unet_torch.py "$work/unet" || failed=1
+  echo "== denoising network: CUDA against the CPU backend"
+  "$unet" cpu || failed=1
+  echo "== denoising network: benchmarks"
+  "$unet" bench-infer 4448 5 || failed=1
+  TOMOFS_CUDNN_SEARCH=find "$unet" bench-infer 4448 5 || failed=1
+  "$unet" bench-train 2208 2 5 || failed=1
+  "$unet" bench-train 2208 4 3 || failed=1
+  TOMOFS_UNET_PROFILE=1 "$unet" bench-infer 4448 3 || failed=1
+  TOMOFS_UNET_PROFILE=1 "$unet" bench-train 2208 2 3 || failed=1
+  echo "== denoising network: out of GPU memory"
+  "$unet" nomem || failed=1
+}
+
 steps=${*:-all}
 for step in $steps; do
   case $step in
@@ -119,7 +143,8 @@ for step in $steps; do
   bench) run_bench ;;
   mount) run_mount ;;
   export) run_export ;;
-  all) run_parity; run_bench; run_mount; run_export ;;
+  unet) run_unet ;;
+  all) run_parity; run_bench; run_mount; run_export; run_unet ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
