@@ -21,13 +21,14 @@
  *                   [--threads T] [--repeat R] [--train]
  *       Times tomo_unet_forward on N images of S x S (default: the default network, 1 image
  *       of 512 x 512, every core, best of 3) and prints milliseconds per call and per image,
- *       and the process's CPU time per image (all threads; other programs' load does not count
- *       in it); with --train, times tomo_unet_train_step instead.
+ *       the process's CPU time per image (all threads; other programs' load does not count in
+ *       it) and its peak resident memory; with --train, times tomo_unet_train_step instead.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "../../denoise/rng.h"
@@ -274,6 +275,9 @@ static int cmd_bench(options *o)
            "threads) %.1f ms per image\n",
            o->train ? "train_step" : "forward", o->batch, o->width, o->height, o->repeat,
            1e3 * best, 1e3 * best / o->batch, 1e3 * best_cpu / o->batch);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("peak resident memory of the process: %.0f MB\n", ru.ru_maxrss / 1024.0);
     status = 0;
 done:
     if (err.code != TOMO_OK)
