@@ -2,9 +2,10 @@
 
 - ImageJ (Debian's imagej, under xvfb-run): File > Import > Image Sequence as a virtual stack,
   through a macro. Its pixels (saved back by ImageJ) equal tifffile's reading of the same file
-  and the phantom's truth; its calibration is the pixel size in micrometres; only the slices
-  shown are computed (the status counters); a 20,000-slice folder imports without computing
-  more than its first slice.
+  and the phantom's truth; its calibration is the pixel size in micrometres (also above
+  10 um, where centimetre tags alone would show cm); only the slices shown are computed (the
+  status counters); uint16 slices show calibrated cm^-1; a 20,000-slice folder imports
+  computing its first slice only.
 - ParaView's pvpython: the TIFF series reader, as a file series (one slice per time step, read
   when shown) and as an image stack (the whole volume). float32 values, the pixel spacing
   (millimetres: VTK converts the centimetre resolution tags) and laziness are checked.
@@ -24,12 +25,12 @@ makes the pictures of docs/user-guide.md from a mounted phantom instead (needs x
 """
 
 import errno
-import glob
 import json
 import os
 import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,8 @@ PV_SHOWN = [4, 29]
 TALL_ROWS = 20000
 
 REQUIRED = bool(os.environ.get("TOMOFS_REQUIRE_CLIENTS") or os.environ.get("CI"))
-CLIENT_TIMEOUT = 300
+# A client normally takes seconds; a macro error leaves ImageJ waiting on its error dialog.
+CLIENT_TIMEOUT = 120
 
 
 def names(rows):
@@ -66,6 +68,21 @@ def have(program, package):
         raise AssertionError(message)
     print(f"SKIP {message}: its checks are skipped", flush=True)
     return False
+
+
+def run_client(args, timeout=CLIENT_TIMEOUT, **kw):
+    """Runs a client program in its own session; on a time-out kills it with its children
+    (xvfb-run's Xvfb, the imagej wrapper's java) and fails with what it printed."""
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         errors="replace", start_new_session=True, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"{' '.join(args)}: no answer after {timeout} s (killed):\n"
+                             f"{out}\n{err}")
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
 
 
 def counters(m):
@@ -95,8 +112,7 @@ def imagej(macro, workdir, timeout=CLIENT_TIMEOUT):
         f.write(macro + '\nprint("RESULT done=1");\nrun("Quit");\n')
     env = dict(os.environ, HOME=os.path.join(workdir, "home"))  # ImageJ keeps prefs in ~/.imagej
     os.makedirs(env["HOME"], exist_ok=True)
-    p = subprocess.run(["xvfb-run", "-a", "imagej", "-b", path], capture_output=True, text=True,
-                       errors="replace", timeout=timeout, env=env)
+    p = run_client(["xvfb-run", "-a", "imagej", "-b", path], timeout, env=env)
     out = {}
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -132,12 +148,14 @@ print("RESULT unit=" + asciiUnit(unit));
 print("RESULT pixel_width=" + d2s(pw, 9));
 print("RESULT pixel_height=" + d2s(ph, 9));
 stack = getImageID();
-shown = newArray({", ".join(map(str, shown))});
+shown = split("{",".join(map(str, shown))}", ",");  // newArray(30) would be 30 zeros
 for (i = 0; i < shown.length; i++) {{
     selectImage(stack);
-    setSlice(shown[i]);
+    setSlice(parseInt(shown[i]));
     print("RESULT label" + shown[i] + "=" + getInfo("slice.label"));
-    print("RESULT centre" + shown[i] + "=" + d2s(getPixel(getWidth() / 2, getHeight() / 2), 9));
+    v = getPixel(getWidth() / 2, getHeight() / 2);
+    print("RESULT centre" + shown[i] + "=" + d2s(v, 9));
+    print("RESULT calibrated" + shown[i] + "=" + d2s(calibrate(v), 9));
     run("Duplicate...", "title=shown");
     saveAs("Tiff", "{outdir}/imagej_" + shown[i] + ".tif");
     close();
@@ -145,7 +163,7 @@ for (i = 0; i < shown.length; i++) {{
 """
 
 
-def imagej_checks(r, tmp, scan, truth_center):
+def imagej_checks(tmp, scan, truth_center, exported):
     def virtual_stack():
         out = os.path.join(tmp, "imagej-out")
         os.makedirs(out)
@@ -185,18 +203,37 @@ def imagej_checks(r, tmp, scan, truth_center):
             assert abs(float(res[key]) - PIXEL_UM) < 1e-4, (key, res[key], PIXEL_UM)
 
     def large_pixels():
-        # bin=4 makes 26 um pixels. ImageJ turns the centimetres of the resolution tags into
-        # micrometres only up to 0.001 cm (10 um), so it shows these in cm; the size must be
-        # right all the same (docs/user-guide.md, "Calibration").
+        # bin=4 makes 26 um pixels. From centimetre resolution tags alone ImageJ shows
+        # micrometres only up to 0.001 cm (10 um); the ImageJ-style description of the slice
+        # files (unit=um) makes it do so for every size (docs/outputs.md, "Calibration").
         out = os.path.join(tmp, "imagej-cal-bin4")
         os.makedirs(out)
         with Mount(scan, "-o", f"pixel_um={PIXEL_UM},bin=4,cache=none") as m:
             res = imagej(imagej_virtual_stack_macro(m.path("slices"), out, []), tmp)
         print(f"     ImageJ, 4 x {PIXEL_UM} um pixels: {res['pixel_width']} {res['unit']}")
-        scale = {"um": 1.0, "mm": 1e3, "cm": 1e4}.get(res["unit"])
-        assert scale, f"ImageJ shows the unit {res['unit']!r}"
+        assert res["unit"] == "um", f"ImageJ shows {res['pixel_width']} {res['unit']}"
         for key in ("pixel_width", "pixel_height"):
-            assert abs(float(res[key]) * scale - 4 * PIXEL_UM) < 1e-3, (key, res)
+            assert abs(float(res[key]) - 4 * PIXEL_UM) < 1e-4, (key, res)
+
+    def uint16_values():
+        # dtype=uint16: ImageJ turns samples into cm^-1 with the description's straight line
+        out = os.path.join(tmp, "imagej-u16")
+        os.makedirs(out)
+        k = IJ_SHOWN[1]
+        name = f"slice_{k - 1:05d}.tif"
+        with Mount(scan, "-o", f"pixel_um={PIXEL_UM},dtype=uint16,cache=none") as m:
+            res = imagej(imagej_virtual_stack_macro(m.path("slices"), out, [k]), tmp)
+            samples = read_tiff(m.path("slices", name))
+            info = json.load(open(m.path("scan.json")))
+        floats = read_tiff(os.path.join(exported, name))
+        assert res["bitdepth"] == "16" and samples.dtype == np.uint16, res
+        assert np.array_equal(read_tiff(os.path.join(out, f"imagej_{k}.tif")), samples)
+        centre = floats[WIDTH // 2, WIDTH // 2]
+        lo, hi = info["variants"]["slices"]["range"]
+        step = (hi - lo) / 65535
+        print(f"     ImageJ, uint16: centre {res[f'calibrated{k}']} cm^-1, float32 {centre:.6f} "
+              f"(step {step:.2g})")
+        assert abs(float(res[f"calibrated{k}"]) - centre) <= step, (res, centre, step)
 
     def tall_folder_imports_one_slice(tall):
         with Mount(tall, "-o", "center=8.75,max_chunk=2,cache=none") as m:
@@ -215,7 +252,7 @@ print("RESULT label=" + getInfo("slice.label"));
             assert res["label"] == "slice_00000", res
             assert computations(m) == 1, counters(m)
 
-    return virtual_stack, calibration, large_pixels, tall_folder_imports_one_slice
+    return virtual_stack, calibration, large_pixels, uint16_values, tall_folder_imports_one_slice
 
 
 # ---- ParaView ----
@@ -265,7 +302,7 @@ def parse_status(text):
     return dict(line.split(": ", 1) for line in text.splitlines())
 
 
-def paraview_checks(r, tmp, scan):
+def paraview_checks(tmp, scan):
     def series_and_stack():
         out = os.path.join(tmp, "paraview-out")
         os.makedirs(out)
@@ -273,9 +310,8 @@ def paraview_checks(r, tmp, scan):
         with open(script, "w") as f:
             f.write(PVPYTHON_SCRIPT)
         with Mount(scan, "-o", f"pixel_um={PIXEL_UM},max_chunk=2,cache=none") as m:
-            p = subprocess.run(["pvpython", script, m.path("slices"), out,
-                                m.path(".tomofs", "status"), ",".join(map(str, PV_SHOWN))],
-                               capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
+            p = run_client(["pvpython", script, m.path("slices"), out,
+                            m.path(".tomofs", "status"), ",".join(map(str, PV_SHOWN))])
             lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
             assert p.returncode == 0 and lines, f"pvpython failed ({p.returncode}):\n" \
                                                 f"{p.stdout}\n{p.stderr}"
@@ -333,7 +369,7 @@ def same_files(folder, exported, rows):
     assert not bad, f"{folder}: differ from export: {bad[:5]}"
 
 
-def shell_checks(r, tmp, scan, exported):
+def shell_checks(tmp, scan, exported):
     options = ["-o", f"pixel_um={PIXEL_UM}"]
 
     def file_command():
@@ -388,7 +424,7 @@ def shell_checks(r, tmp, scan, exported):
 
 # ---- metadata, status, log, progress ----
 
-def metadata_checks(r, tmp, tall):
+def metadata_checks(tmp, tall):
     def ls_and_list_then_stat():
         size = 4096 + 16 * 16 * 4
         with Mount(tall, "-o", "center=8.75,cache=none") as m:
@@ -413,7 +449,7 @@ def metadata_checks(r, tmp, tall):
     return ls_and_list_then_stat
 
 
-def status_and_log_checks(r, tmp, scan):
+def status_and_log_checks(tmp, scan):
     def status_file():
         with Mount(scan, "-o", f"pixel_um={PIXEL_UM}") as m:
             open(m.path("slices", "slice_00003.tif"), "rb").read()
@@ -652,27 +688,28 @@ def main():
     run("export", scan, exported, "-o", f"pixel_um={PIXEL_UM}")
     tall = phantom(os.path.join(tmp, "tall"), 16, TALL_ROWS, 4, "--no-truth")
 
-    (virtual_stack, calibration, large_pixels, tall_import) = imagej_checks(r, tmp, scan,
-                                                                            truth_center)
+    (virtual_stack, calibration, large_pixels, uint16_values,
+     tall_import) = imagej_checks(tmp, scan, truth_center, exported)
     xvfb = have("xvfb-run", "xvfb") if REQUIRED or shutil.which("imagej") else False
     if have("imagej", "imagej") and xvfb:
         r.check("ImageJ: a virtual stack computes only the slices shown; pixels equal the file "
                 "and the truth", virtual_stack)
         r.check(f"ImageJ: calibration {PIXEL_UM} um", calibration)
-        r.check("ImageJ: 26 um pixels (bin=4) have the right size", large_pixels)
+        r.check(f"ImageJ: calibration {4 * PIXEL_UM} um (bin=4)", large_pixels)
+        r.check("ImageJ: uint16 slices calibrated in cm^-1", uint16_values)
         r.check(f"ImageJ: a {TALL_ROWS}-slice folder imports computing one slice",
                 lambda: tall_import(tall))
     if have("pvpython", "python3-paraview"):
         r.check("ParaView: file series and image stack, float32, spacing, laziness",
-                paraview_checks(r, tmp, scan))
-    file_command, cp_tar_tifffile, rsync_checks = shell_checks(r, tmp, scan, exported)
+                paraview_checks(tmp, scan))
+    file_command, cp_tar_tifffile, rsync_checks = shell_checks(tmp, scan, exported)
     r.check("file names a little-endian TIFF", file_command)
     r.check("cp -r, tar (no 'file changed' warning), tifffile memory mapping", cp_tar_tifffile)
     r.check("rsync -a twice and after a remount: the second copies and computes nothing",
             rsync_checks)
     r.check(f"ls -l and list-then-stat of {TALL_ROWS} slices compute nothing",
-            metadata_checks(r, tmp, tall))
-    status_file, errors_in_status_and_log, progress_bars = status_and_log_checks(r, tmp, scan)
+            metadata_checks(tmp, tall))
+    status_file, errors_in_status_and_log, progress_bars = status_and_log_checks(tmp, scan)
     r.check("status: version, mount point, backend, queue, cache hits, errors", status_file)
     r.check("a failed read: status last_error and a log line naming the file",
             errors_in_status_and_log)
