@@ -8,7 +8,8 @@
  * order when several are equal (a NaN counts as the maximum, the first NaN wins); transposed
  * conv 2x2 stride 2 with bias; concatenation [skip, up]; 1x1 head with bias; MSE averaged over
  * n x height x width. Running statistics: r = (1 - 0.1) r + 0.1 b, with the batch variance
- * made unbiased (times M / (M - 1), M = n x height x width of the layer).
+ * made unbiased (times M / (M - 1), M = n x height x width of the layer). Training needs
+ * M >= 2 at the bottom (as PyTorch does); fewer is TOMO_E_INVALID.
  *
  * Arithmetic. Every convolution is a matrix product done by one micro-kernel (4 rows x 8
  * columns, float, each output summed in order along the reduction; a weight gradient adds up
@@ -21,16 +22,17 @@
  *   up d input/dw    the same two shapes on the gathered output gradient
  * Tasks are (image, pixel tile, block of output rows) for the forward shapes and blocks of
  * output rows (each reducing over every image and pixel in order) for the weight gradients.
- * Per-channel sums (BatchNorm statistics and gradients, biases, the head, the loss) are
+ * Per-channel sums (BatchNorm statistics and gradients, biases, the head's weights) are
  * computed in double by one task per channel, over images in order, each image's pixels in 8
- * interleaved partial sums added up in a fixed order. Nothing depends on the thread count.
+ * interleaved partial sums added up in a fixed order; the loss likewise per image, then over
+ * images in order. Nothing depends on the thread count.
  *
  * Memory, allocated once at create for batch x height x width. Inference keeps the skips of
  * levels 0..L-1 and three work tensors of f x height x width per image (about 5 f floats per
  * pixel); training keeps every activation the backward pass reads (the input and output of
  * every convolution and BatchNorm, the pools, the transposed-convolution outputs, the skip
- * gradients) and three gradient tensors (about 24 f floats per pixel). Each thread has a
- * scratch area for the packed operands of its tile (about 1 MB).
+ * gradients), three gradient tensors and a pixel-major copy of one (about 25 f floats per
+ * pixel). Each thread has a scratch area for the packed operands of its tile (1 to 2 MB).
  */
 #include <math.h>
 #include <stdint.h>

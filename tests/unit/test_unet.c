@@ -18,7 +18,7 @@
  *    set to the batch's gives the training output;
  *  - reproducibility: the same seed gives the same losses, and 1, 2 or 3 threads give the same
  *    bits (losses, parameters, Adam state, outputs);
- *  - learning: a tiny network fits a tiny dataset (loss / 20 in 150 Adam steps);
+ *  - learning: a tiny network fits a tiny dataset (loss / 100 in 150 Adam steps, lr 1e-2);
  *  - bad configurations and calls give TOMO_E_INVALID with a message.
  */
 #include <math.h>
@@ -758,7 +758,7 @@ static void test_overfit(void)
     }
     fprintf(stderr, "  loss %.4g -> %.4g after 150 steps (%s)\n", first, last,
             tomo_unet_exec_backend(ex));
-    CHECK(last < first / 20);
+    CHECK(last < first / 100);
     tomo_unet_exec_destroy(ex);
     tomo_unet_destroy(net);
     free(in);
