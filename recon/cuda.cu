@@ -32,7 +32,7 @@ extern "C" {
 #include <stdlib.h>
 #include <string.h>
 
-#define GROUP 8 /* slices processed together; the fast tables pack exactly this many */
+#define GROUP TOMO_CUDA_GROUP /* slices processed together; the fast tables pack this many */
 
 struct tomo_cuda {
     tomo_cuda_config config;
@@ -43,6 +43,8 @@ struct tomo_cuda {
     int n_groups_max;
 
     float *h_raw;    /* pinned [max_rows][M][N] */
+    cudaEvent_t raw_free; /* every raw row of the chunk begun last has been uploaded */
+    int begun_nz;         /* slices of the chunk begun and not finished, or 0 */
     float *h_images; /* pinned [max_rows][S][S] */
 
     float *d_raw;                 /* [max_rows][M][N], normalised in place */
@@ -566,6 +568,8 @@ int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error
     TRY(cudaMallocHost((void **)&c->h_raw, rows * NM * sizeof(float)), "pinned raw buffer");
     TRY(cudaMallocHost((void **)&c->h_images, rows * SS * sizeof(float)), "pinned image buffer");
     TRY(cudaMalloc((void **)&c->d_raw, rows * NM * sizeof(float)), "raw rows");
+    TRY(cudaEventCreateWithFlags(&c->raw_free, cudaEventDisableTiming | cudaEventBlockingSync),
+        "creating events");
     TRY(cudaMalloc((void **)&c->d_dark, (size_t)rows * c->N * sizeof(double)), "dark rows");
     TRY(cudaMalloc((void **)&c->d_flats, (size_t)c->G * rows * c->N * sizeof(double)), "flat rows");
     TRY(cudaMalloc((void **)&c->d_flat_a, (size_t)c->M * sizeof(int)), "flat brackets");
@@ -794,12 +798,22 @@ static void copy_part(void *arg, int task, int slot)
            (size_t)(end - begin) * sizeof(float));
 }
 
-int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, float *const *images,
-                          tomo_prep_stats *stats, tomo_error *err)
+/* Waits for whatever a failed chunk left queued, so no buffer is still in use. */
+static void drain(tomo_cuda *c)
 {
-    if (nz < 1 || nz > c->max_rows)
-        return tomo_error_set(err, TOMO_E_INVALID, "GPU: chunk of %d slices (at most %d)", nz,
-                              c->max_rows);
+    cudaStreamSynchronize(c->up);
+    cudaStreamSynchronize(c->compute);
+    cudaStreamSynchronize(c->down);
+    cudaGetLastError();
+}
+
+int tomo_cuda_begin(tomo_cuda *c, int first, int nz, const tomo_cuda_refs *refs, tomo_error *err)
+{
+    if (c->begun_nz)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "GPU: a chunk was begun and not finished");
+    if (nz < 1 || first < 0 || first + nz > c->max_rows)
+        return tomo_error_set(err, TOMO_E_INVALID, "GPU: chunk of rows %d-%d (at most %d)", first,
+                              first + nz - 1, c->max_rows);
     const int threads = 256;
     long NM = (long)c->N * c->M, SS = (long)c->S * c->S;
     float black_limit = (float)(c->config.prep.black_fraction * c->N);
@@ -807,7 +821,7 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
 #define TRY(call, what)                                                                            \
     do {                                                                                           \
         if ((rc = cuda_failed((call), (what), err)) < 0)                                           \
-            return rc;                                                                             \
+            goto fail;                                                                             \
     } while (0)
     TRY(cudaSetDevice(c->config.device), "selecting the device");
     /* Reference rows are small: upload them first, synchronously on the compute stream. */
@@ -816,8 +830,10 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
         "uploading the dark");
     for (int g = 0; g < c->G; g++)
         TRY(cudaMemcpyAsync(c->d_flats + (long)g * nz * c->N,
-                            refs->flat_groups + (long)g * nz * c->N,
+                            refs->flat_groups + (long)g * flat_stride,
+    long flat_stride = refs->flat_stride ? refs->flat_stride : (long)nz * c->N;
                             (size_t)nz * c->N * sizeof(double), cudaMemcpyHostToDevice, c->compute),
+    int n_groups = (nz + GROUP - 1) / GROUP;
             "uploading the flats");
     TRY(cudaMemcpyAsync(c->d_flat_a, refs->flat_a, (size_t)c->M * sizeof(int),
                         cudaMemcpyHostToDevice, c->compute),
@@ -834,12 +850,11 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
         "clearing counters");
     TRY(cudaStreamSynchronize(c->compute), "uploading reference rows");
 
-    int n_groups = (nz + GROUP - 1) / GROUP;
     for (int g = 0; g < n_groups; g++) {
         int z0 = g * GROUP, n = nz - z0 < GROUP ? nz - z0 : GROUP;
         int slot = g & 1;
         /* upload: this group's raw rows (the slot's previous use is long finished) */
-        TRY(cudaMemcpyAsync(c->d_raw + (long)z0 * NM, c->h_raw + (long)z0 * NM,
+        TRY(cudaMemcpyAsync(c->d_raw + (long)z0 * NM, c->h_raw + (long)(first + z0) * NM,
                             (size_t)n * NM * sizeof(float), cudaMemcpyHostToDevice, c->up),
             "uploading raw rows");
         TRY(cudaEventRecord(c->uploaded[slot], c->up), "recording an event");
@@ -883,7 +898,37 @@ int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, floa
         stats->clipped_pixels += (long)counts[0];
         stats->black_lines += (long)counts[1];
     }
+    /* every raw row is on its way: the raw buffer is free once this event has passed */
+    TRY(cudaEventRecord(c->raw_free, c->up), "recording an event");
+    c->begun_nz = nz;
+    return 0;
+fail:
+    drain(c);
+    return rc;
 #undef TRY
+}
+
+int tomo_cuda_raw_wait(tomo_cuda *c, tomo_error *err)
+{
+    int rc = cuda_failed(cudaSetDevice(c->config.device), "selecting the device", err);
+    return rc < 0 ? rc : cuda_failed(cudaEventSynchronize(c->raw_free), "uploading raw rows", err);
+}
+
+int tomo_cuda_finish(tomo_cuda *c, float *const *images, tomo_prep_stats *stats, tomo_error *err)
+{
+    int nz = c->begun_nz;
+    if (nz < 1)
+        return tomo_error_set(err, TOMO_E_INTERNAL, "GPU: no chunk was begun");
+    c->begun_nz = 0;
+    long SS = (long)c->S * c->S;
+    int n_groups = (nz + GROUP - 1) / GROUP;
+    int rc;
+#define TRY(call, what)                                                                            \
+    do {                                                                                           \
+        if ((rc = cuda_failed((call), (what), err)) < 0)                                           \
+            goto fail;                                                                             \
+    } while (0)
+    TRY(cudaSetDevice(c->config.device), "selecting the device");
     return 0;
 }
 
@@ -900,6 +945,17 @@ int tomo_cuda_bench_backproject(tomo_cuda *c, const float *filtered, int nz, int
     cudaEventCreate(&stop);
     for (int s = 0; s < nz; s++) {
         if ((rc = cuda_failed(cudaMemcpy2D(c->d_padded, (size_t)c->L * sizeof(float),
+fail:
+    drain(c);
+    return rc;
+#undef TRY
+}
+
+int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, float *const *images,
+                          tomo_prep_stats *stats, tomo_error *err)
+{
+    int rc = tomo_cuda_begin(c, 0, nz, refs, err);
+    return rc < 0 ? rc : tomo_cuda_finish(c, images, stats, err);
                                            filtered + (long)s * NM, (size_t)c->N * sizeof(float),
                                            (size_t)c->N * sizeof(float), (size_t)c->M,
                                            cudaMemcpyHostToDevice),
@@ -937,8 +993,8 @@ void tomo_cuda_destroy(tomo_cuda *c)
     if (!c)
         return;
     cudaSetDevice(c->config.device);
-    if (c->compute)
-        cudaStreamSynchronize(c->compute);
+    if (c->up && c->compute && c->down)
+        drain(c);
     if (c->have_r2c)
         cufftDestroy(c->r2c);
     if (c->have_c2r)
@@ -978,6 +1034,8 @@ int tomo_cuda_supports_rings(const tomo_rings_params *rings)
         return 1;
     if (rings->method != TOMO_RINGS_SORT || rings->size < 1)
         return 0;
+    if (c->raw_free)
+        cudaEventDestroy(c->raw_free);
     return rings->dim == 2 ? rings->size <= 15 : rings->size <= 127;
 }
 

@@ -17,6 +17,12 @@
  * pinned host buffers for the raw rows and the slices, cuFFT plans and three streams, so that
  * uploads, computation and downloads of successive groups of slices overlap.
  *
+ * A chunk is begun (tomo_cuda_begin: its work is queued and the call returns) and finished
+ * (tomo_cuda_finish: waits and copies the slices out). The raw rows are uploaded first, at
+ * the bus's speed, so the pinned raw buffer is free long before the chunk is computed: once
+ * tomo_cuda_raw_wait() returns, another thread may read the next chunk's rows into it while
+ * the GPU works.
+ *
  * Built only when meson finds nvcc (-Dcuda=auto|enabled); otherwise every function reports
  * that the program was built without CUDA, and tomo_cuda_device_count() returns 0.
  */
@@ -35,6 +41,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Adjacent slices the GPU processes together; chunks of a multiple of this keep it busy. */
+#define TOMO_CUDA_GROUP 8
 
 typedef enum tomo_precision {
     TOMO_PRECISION_FAST = 0,
@@ -81,25 +90,49 @@ typedef struct tomo_cuda tomo_cuda;
 int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error *err);
 
 /*
- * Pinned host buffer for the raw rows of one chunk: max_rows * n_proj * width floats,
- * laid out [row][projection][column]. Fill it, then call tomo_cuda_reconstruct.
+ * Pinned host buffer for the raw rows of a chunk: max_rows * n_proj * width floats, laid out
+ * [row][projection][column]. Fill it, then call tomo_cuda_begin (or tomo_cuda_reconstruct).
+ * After a begin it must not be written until tomo_cuda_raw_wait() has returned.
  */
 float *tomo_cuda_raw_buffer(tomo_cuda *cuda);
 
 /* The reference rows a chunk needs, in host memory. */
 typedef struct tomo_cuda_refs {
     const double *dark;        /* [nz][width] mean dark counts */
-    const double *flat_groups; /* [n_flat_groups][nz][width] mean counts of each flat group */
+    const double *flat_groups; /* [n_flat_groups][.][width] mean counts of each flat group */
     const int *flat_a;         /* [n_proj] flat interpolation: I0 = (1-w) G[a] + w G[b] */
     const int *flat_b;         /* [n_proj] */
     const double *flat_w;      /* [n_proj] */
 } tomo_cuda_refs;
 
+    long flat_stride;          /* doubles from one flat group to the next; 0 means nz * width */
 /*
- * Reconstructs `nz` adjacent slices (nz <= max_rows) from the raw rows in the raw buffer and
- * the reference rows. images[i] receives slice i (size * size floats, any host memory); each
- * group of slices is copied out while the GPU works on the next. `stats` (may be NULL) is
- * incremented like tomo_prep_rows does.
+ * Begins the reconstruction of `nz` adjacent slices whose raw rows are rows [first,
+ * first + nz) of the raw buffer (first + nz <= max_rows): uploads the reference rows, queues
+ * every upload, kernel and download, and returns without waiting for them. `refs` may be
+ * released on return. Exactly one tomo_cuda_finish() must follow before the next begin.
+ */
+int tomo_cuda_begin(tomo_cuda *cuda, int first, int nz, const tomo_cuda_refs *refs,
+                    tomo_error *err);
+
+/*
+ * Waits until the raw rows of the chunk begun last have been uploaded (at once when none
+ * was): the raw buffer may then be filled with the next chunk's rows, from any thread, while
+ * the GPU computes.
+ */
+int tomo_cuda_raw_wait(tomo_cuda *cuda, tomo_error *err);
+
+/*
+ * Finishes the chunk begun last: images[i] receives slice i (size * size floats, any host
+ * memory); each group of slices is copied out while the GPU works on the next. `stats` (may
+ * be NULL) is incremented like tomo_prep_rows does. On failure nothing is left running.
+ */
+int tomo_cuda_finish(tomo_cuda *cuda, float *const *images, tomo_prep_stats *stats,
+                     tomo_error *err);
+
+/*
+ * tomo_cuda_begin (from row 0 of the raw buffer) and tomo_cuda_finish in one call: `nz`
+ * adjacent slices (nz <= max_rows) from the raw rows in the raw buffer and the reference rows.
  */
 int tomo_cuda_reconstruct(tomo_cuda *cuda, int nz, const tomo_cuda_refs *refs, float *const *images,
                           tomo_prep_stats *stats, tomo_error *err);

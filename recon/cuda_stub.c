@@ -42,6 +42,24 @@ int tomo_cuda_reconstruct(tomo_cuda *cuda, int nz, const tomo_cuda_refs *refs, f
     return not_built(err);
 }
 
+int tomo_cuda_begin(tomo_cuda *cuda, int first, int nz, const tomo_cuda_refs *refs, tomo_error *err)
+{
+    (void)cuda, (void)first, (void)nz, (void)refs;
+    return not_built(err);
+}
+
+int tomo_cuda_raw_wait(tomo_cuda *cuda, tomo_error *err)
+{
+    (void)cuda;
+    return not_built(err);
+}
+
+int tomo_cuda_finish(tomo_cuda *cuda, float *const *images, tomo_prep_stats *stats, tomo_error *err)
+{
+    (void)cuda, (void)images, (void)stats;
+    return not_built(err);
+}
+
 int tomo_cuda_bench_backproject(tomo_cuda *cuda, const float *filtered, int nz, int repeat,
                                 float *images, double *ms, tomo_error *err)
 {

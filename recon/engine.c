@@ -188,6 +188,7 @@ void tomo_engine_config_default(tomo_engine_config *config)
     config->memory_limit = (uint64_t)2 << 30;
     config->device = TOMO_DEVICE_AUTO;
     config->precision = TOMO_PRECISION_FAST;
+    config->read_ahead = 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -221,6 +222,8 @@ typedef struct job {
     int z0;
     int nz;
     sync_wait *sync; /* NULL for chunks planned from requests */
+    int ahead_z0;    /* the chunk a sequential reader will ask for next (ahead_nz 0: none) */
+    int ahead_nz;
     struct job *next;
 } job;
 
@@ -239,7 +242,40 @@ typedef struct variant_state {
     int last_start;
     int last_end;
     int chunk;
+    int done_start; /* the last chunk planned from requests, once computed */
+    int done_end;
+    int sink_cap; /* most slices per chunk the sink was seen to keep; 0 = no limit seen */
 } variant_state;
+
+/*
+ * Reading ahead. While a chunk computes, a reader thread reads the rows of the chunk that
+ * comes next when it is known: the next queued job, the next chunk of a tomo_engine_compute
+ * series, or the chunk a sequential reader will ask for next. For the GPU the rows go to the
+ * variant's pinned raw buffer as soon as the GPU has taken the current chunk's rows from it;
+ * for the CPU (read_ahead=1) they are normalised into a buffer of their own. The reader goes
+ * in pieces of AHEAD_PIECE rows and stops between two when cancelled, so a chunk that needs
+ * the buffer waits for one piece at most. A read that fails is dropped without a word: the
+ * chunk, if it is asked for, is read again and fails or not on its own account.
+ */
+#define AHEAD_PIECE TOMO_CUDA_GROUP
+
+enum { AHEAD_IDLE, AHEAD_QUEUED, AHEAD_READING, AHEAD_READY };
+
+typedef struct read_ahead {
+    int state;
+    int cancel; /* stop after the current piece and drop what was read */
+    int variant, z0, nz;
+    int on_gpu;                   /* raw rows into the GPU buffer, else normalised rows */
+    float *sino;                  /* CPU: [nz][n_proj][width], owned */
+    tomo_prep_stats *piece_stats; /* CPU: per piece */
+    tomo_prep_refs refs;          /* GPU: the reference rows of all nz rows */
+    tomo_pool *pool;              /* the reader's threads */
+    pthread_t thread;
+    int started;
+    int stopping;
+    pthread_cond_t wake; /* to the reader: something is queued, or stop */
+    pthread_cond_t done; /* from the reader: a read ended */
+} read_ahead;
 
 struct tomo_engine {
     const tomo_scan *scan;
@@ -262,6 +298,11 @@ struct tomo_engine {
     job *queue_head, *queue_tail;
     pending *pending;
     tomo_engine_stats stats;
+
+    job *current;  /* the job the engine thread runs */
+    int ahead_gpu; /* read ahead for chunks that run on the GPU */
+    int ahead_cpu; /* and for those that run on the CPU */
+    read_ahead ahead;
 };
 
 static pending *find_pending(tomo_engine *engine, int variant, int z)
@@ -345,6 +386,50 @@ static int memory_cap(const tomo_engine *engine)
     if (cap > (uint64_t)engine->config.max_chunk)
         cap = (uint64_t)engine->config.max_chunk;
     return (int)cap;
+}
+
+/*
+ * A request for a slice of the last chunk computed for requests, which the sink no longer
+ * holds: the sink keeps fewer slices than such a chunk, and a sequential reader would find
+ * each chunk's first slices gone before it gets to them (and have them computed again).
+ * Chunks of this variant are capped from now on at three quarters of what the sink still
+ * holds of that chunk (a multiple of the GPU's group where that leaves one). Called with the
+ * lock.
+ */
+static void learn_sink_cap(tomo_engine *engine, int v)
+{
+    variant_state *vs = &engine->variants[v];
+    if (!engine->sink.lookup) /* nothing is kept anyway */
+        return;
+    int kept = 0;
+    for (int z = vs->done_start; z < vs->done_end; z++)
+        kept += stored(engine, v, z);
+    int cap = kept * 3 / 4;
+    if (engine->gpu >= 0 && cap >= TOMO_CUDA_GROUP)
+        cap -= cap % TOMO_CUDA_GROUP;
+    if (cap < 1)
+        cap = 1;
+    if (vs->sink_cap == 0 || cap < vs->sink_cap) {
+        vs->sink_cap = cap;
+        tomo_log_info("the slice cache keeps fewer slices than a chunk makes: chunks of at most %d "
+                      "slices from now on",
+                      cap);
+    }
+    vs->done_start = vs->done_end = -1; /* once per chunk */
+}
+
+/*
+ * The end of the rows being read ahead for variant v when they include slice z (and a chunk
+ * starting at z can use them), else -1. Called with the lock.
+ */
+static int ahead_limit(const tomo_engine *engine, int v, int z)
+{
+    const read_ahead *a = &engine->ahead;
+    if (a->state == AHEAD_IDLE || a->cancel || a->variant != v || z < a->z0 || z >= a->z0 + a->nz)
+        return -1;
+    if (!a->on_gpu && (z - a->z0) % AHEAD_PIECE != 0)
+        return -1;
+    return a->z0 + a->nz;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -499,6 +584,262 @@ static void start_gpu(tomo_engine *engine, variant_state *vs)
     }
 }
 
+/* ---- reading ahead (see read_ahead) ---- */
+
+/* Whether the rows of a chunk of nz slices of vs may be read ahead, and for which backend. */
+static int ahead_applies(const tomo_engine *engine, const variant_state *vs, int nz, int *on_gpu)
+{
+    *on_gpu = gpu_takes(engine, vs, nz);
+    if (*on_gpu)
+        return engine->ahead_gpu && vs->cuda != NULL;
+    return engine->ahead_cpu && vs->params.zbin <= 1 && vs->params.sweep.count == 0 &&
+           nz <= memory_cap(engine);
+}
+
+/* Drops what the read-ahead holds. Called with the lock, never while the reader reads. */
+static void ahead_discard(tomo_engine *engine)
+{
+    read_ahead *a = &engine->ahead;
+    if (a->state != AHEAD_IDLE)
+        engine->stats.read_ahead_dropped++;
+    free(a->sino);
+    a->sino = NULL;
+    free(a->piece_stats);
+    a->piece_stats = NULL;
+    tomo_prep_refs_free(&a->refs);
+    a->state = AHEAD_IDLE;
+}
+
+static int ahead_cancelled(tomo_engine *engine)
+{
+    pthread_mutex_lock(&engine->lock);
+    int cancelled = engine->ahead.cancel || engine->ahead.stopping;
+    pthread_mutex_unlock(&engine->lock);
+    return cancelled;
+}
+
+/*
+ * The reader's work: rows [z0, z0 + nz) of variant v, piece by piece, into the GPU's raw
+ * buffer (and *refs) or into a new *sino (and per-piece *stats). Returns 1 when cancelled,
+ * a negative code on failure; what was allocated is returned either way.
+ */
+static int ahead_read(tomo_engine *engine, int v, int z0, int nz, int on_gpu, float **sino,
+                      tomo_prep_stats **stats, tomo_prep_refs *refs, tomo_error *err)
+{
+    variant_state *vs = &engine->variants[v];
+    const tomo_scan *scan = vs->scan;
+    size_t w = (size_t)scan->width, row = (size_t)scan->n_proj * w;
+    int n_pieces = (nz + AHEAD_PIECE - 1) / AHEAD_PIECE;
+    float *rows;
+    if (on_gpu) {
+        /* the GPU may still be uploading the current chunk's rows from this buffer */
+        int rc = tomo_cuda_raw_wait(vs->cuda, err);
+        if (rc < 0)
+            return rc;
+        rows = tomo_cuda_raw_buffer(vs->cuda);
+        refs->nz = nz;
+        refs->width = scan->width;
+        refs->n_groups = scan->n_flat_groups;
+        refs->dark = malloc((size_t)nz * w * sizeof *refs->dark);
+        refs->group_mean = calloc((size_t)scan->n_flat_groups * nz * w, sizeof *refs->group_mean);
+        if (!refs->dark || !refs->group_mean)
+            return tomo_error_set(err, TOMO_E_NOMEM, "out of memory reading ahead");
+    } else {
+        size_t bytes = (size_t)nz * row * sizeof(float);
+        rows = *sino = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        *stats = calloc((size_t)n_pieces, sizeof **stats);
+        if (!*sino || !*stats)
+            return tomo_error_set(err, TOMO_E_NOMEM, "out of memory reading ahead");
+    }
+    for (int p = 0; p < n_pieces; p++) {
+        if (ahead_cancelled(engine))
+            return 1;
+        int r0 = p * AHEAD_PIECE, n = nz - r0 < AHEAD_PIECE ? nz - r0 : AHEAD_PIECE;
+        if (!on_gpu) {
+            int rc = tomo_prep_rows(scan, &vs->params.prep, engine->ahead.pool, NULL, scan->n_proj,
+                                    z0 + r0, n, rows + (size_t)r0 * row, &(*stats)[p], err);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        tomo_prep_refs piece;
+        int rc = tomo_prep_raw_rows(scan, engine->ahead.pool, z0 + r0, n, rows + (size_t)r0 * row,
+                                    &piece, err);
+        if (rc < 0)
+            return rc;
+        memcpy(refs->dark + (size_t)r0 * w, piece.dark, (size_t)n * w * sizeof *piece.dark);
+        for (int g = 0; g < piece.n_groups && g < refs->n_groups; g++)
+            memcpy(refs->group_mean + ((size_t)g * nz + r0) * w,
+                   piece.group_mean + (size_t)g * n * w, (size_t)n * w * sizeof *piece.group_mean);
+        if (!refs->flat_a) { /* the same for every piece: they depend on the projections only */
+            refs->flat_a = piece.flat_a;
+            refs->flat_b = piece.flat_b;
+            refs->flat_w = piece.flat_w;
+            piece.flat_a = piece.flat_b = NULL;
+            piece.flat_w = NULL;
+        }
+        tomo_prep_refs_free(&piece);
+    }
+    return 0;
+}
+
+static void *ahead_main(void *arg)
+{
+    tomo_engine *engine = arg;
+    read_ahead *a = &engine->ahead;
+    pthread_mutex_lock(&engine->lock);
+    for (;;) {
+        while (!a->stopping && a->state != AHEAD_QUEUED)
+            pthread_cond_wait(&a->wake, &engine->lock);
+        if (a->stopping)
+            break;
+        a->state = AHEAD_READING;
+        int v = a->variant, z0 = a->z0, nz = a->nz, on_gpu = a->on_gpu;
+        pthread_mutex_unlock(&engine->lock);
+
+        float *sino = NULL;
+        tomo_prep_stats *stats = NULL;
+        tomo_prep_refs refs;
+        memset(&refs, 0, sizeof refs);
+        tomo_error err;
+        tomo_error_clear(&err);
+        int rc = ahead_read(engine, v, z0, nz, on_gpu, &sino, &stats, &refs, &err);
+
+        pthread_mutex_lock(&engine->lock);
+        a->sino = sino;
+        a->piece_stats = stats;
+        a->refs = refs;
+        if (rc != 0 || a->cancel || a->stopping)
+            ahead_discard(engine);
+        else
+            a->state = AHEAD_READY;
+        pthread_cond_broadcast(&a->done);
+    }
+    pthread_mutex_unlock(&engine->lock);
+    return NULL;
+}
+
+/* What a chunk got from the read-ahead. */
+typedef struct ahead_rows {
+    int taken;
+    int offset;            /* the chunk's first row within what was read ahead */
+    float *sino;           /* CPU: all rows read ahead (the chunk's from `offset`); free it */
+    tomo_prep_refs refs;   /* GPU: the reference rows of all rows read ahead */
+    tomo_prep_stats stats; /* CPU: of the pieces the chunk covers */
+} ahead_rows;
+
+/*
+ * Gives the rows of chunk [z0, z0 + nz) of variant v to its reconstruction when the
+ * read-ahead holds them, waiting for it to finish if need be. A read-ahead of anything else
+ * is cancelled; when it fills the GPU buffer this chunk needs, this waits until it stops.
+ */
+static void ahead_take(tomo_engine *engine, int v, int z0, int nz, int on_gpu, ahead_rows *out)
+{
+    read_ahead *a = &engine->ahead;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&engine->lock);
+    if (a->state == AHEAD_IDLE) {
+        pthread_mutex_unlock(&engine->lock);
+        return;
+    }
+    int end = a->z0 + a->nz;
+    int covers = a->variant == v && a->on_gpu == on_gpu && z0 >= a->z0 && z0 + nz <= end;
+    if (covers && !on_gpu) /* whole pieces only, so the statistics are the chunk's */
+        covers = (z0 - a->z0) % AHEAD_PIECE == 0 &&
+                 ((z0 + nz - a->z0) % AHEAD_PIECE == 0 || z0 + nz == end);
+    if (!covers) {
+        if (a->state == AHEAD_READING) {
+            a->cancel = 1;
+            while (a->on_gpu && on_gpu && a->variant == v && a->state == AHEAD_READING)
+                pthread_cond_wait(&a->done, &engine->lock);
+        } else {
+            ahead_discard(engine);
+        }
+        pthread_mutex_unlock(&engine->lock);
+        return;
+    }
+    while (a->state == AHEAD_QUEUED || a->state == AHEAD_READING)
+        pthread_cond_wait(&a->done, &engine->lock);
+    if (a->state == AHEAD_READY) {
+        out->taken = 1;
+        out->offset = z0 - a->z0;
+        out->sino = a->sino;
+        a->sino = NULL;
+        out->refs = a->refs;
+        memset(&a->refs, 0, sizeof a->refs);
+        for (int p = out->offset / AHEAD_PIECE; a->piece_stats && p * AHEAD_PIECE < z0 + nz - a->z0;
+             p++) {
+            out->stats.clipped_pixels += a->piece_stats[p].clipped_pixels;
+            out->stats.black_lines += a->piece_stats[p].black_lines;
+        }
+        free(a->piece_stats);
+        a->piece_stats = NULL;
+        a->state = AHEAD_IDLE;
+        engine->stats.read_ahead_used++;
+    }
+    pthread_mutex_unlock(&engine->lock);
+}
+
+/*
+ * Starts reading the rows of the chunk after the current one, when it is known. Called by
+ * the engine thread once the current chunk's rows are in use.
+ */
+static void ahead_next(tomo_engine *engine)
+{
+    read_ahead *a = &engine->ahead;
+    const job *j = engine->current;
+    if (!a->started || !j)
+        return;
+    pthread_mutex_lock(&engine->lock);
+    int v = j->variant, z0 = 0, nz = 0, on_gpu;
+    const job *next = engine->queue_head;
+    if (next) { /* asked for already */
+        v = next->variant;
+        z0 = next->z0;
+        nz = next->nz;
+    } else if (j->sync) { /* a series of tomo_engine_compute walks the volume */
+        z0 = j->z0 + j->nz;
+        nz = z0 + j->nz <= engine->variants[v].count ? j->nz : engine->variants[v].count - z0;
+    } else if (j->ahead_nz > 0) { /* a sequential reader: what it will not find stored */
+        z0 = j->ahead_z0;
+        while (nz < j->ahead_nz && z0 + nz < engine->variants[v].count &&
+               !find_pending(engine, v, z0 + nz) && !stored(engine, v, z0 + nz))
+            nz++;
+    }
+    if (nz > 0 && ahead_applies(engine, &engine->variants[v], nz, &on_gpu)) {
+        while (a->state == AHEAD_READING) /* a cancelled read ending its piece */
+            pthread_cond_wait(&a->done, &engine->lock);
+        ahead_discard(engine);
+        a->state = AHEAD_QUEUED;
+        a->cancel = 0;
+        a->variant = v;
+        a->z0 = z0;
+        a->nz = nz;
+        a->on_gpu = on_gpu;
+        pthread_cond_signal(&a->wake);
+    }
+    pthread_mutex_unlock(&engine->lock);
+}
+
+/* Stops a read-ahead into variant v's GPU buffer and drops it (before the buffer goes). */
+static void ahead_release(tomo_engine *engine, int v)
+{
+    read_ahead *a = &engine->ahead;
+    pthread_mutex_lock(&engine->lock);
+    if (a->state != AHEAD_IDLE && a->variant == v) {
+        a->cancel = 1;
+        while (a->state == AHEAD_READING)
+            pthread_cond_wait(&a->done, &engine->lock);
+        ahead_discard(engine);
+    }
+    pthread_mutex_unlock(&engine->lock);
+}
+
+/*
+ * Reconstructs a chunk on the GPU: its raw rows (read ahead, or read now into the pinned
+ * buffer), then the GPU work begun; while it runs, the next chunk's rows are read ahead and
+ * this chunk's slices copied out as they arrive.
+ */
 static int reconstruct_gpu(tomo_engine *engine, variant_state *vs, int z0, int nz,
                            float *const *images, tomo_prep_stats *stats, double *read_seconds,
                            tomo_error *err)
@@ -507,18 +848,29 @@ static int reconstruct_gpu(tomo_engine *engine, variant_state *vs, int z0, int n
         start_gpu(engine, vs);
     if (!vs->cuda)
         return -TOMO_E_UNSUPPORTED;
+    int v = (int)(vs - engine->variants);
     double t0 = now_seconds();
-    tomo_prep_refs refs;
-    int rc = tomo_prep_raw_rows(vs->scan, engine->pool, z0, nz, tomo_cuda_raw_buffer(vs->cuda),
-                                &refs, err);
+    ahead_rows ar;
+    ahead_take(engine, v, z0, nz, 1, &ar);
+    int rc = 0;
+    if (!ar.taken)
+        rc = tomo_prep_raw_rows(vs->scan, engine->pool, z0, nz, tomo_cuda_raw_buffer(vs->cuda),
+                                &ar.refs, err);
     *read_seconds = now_seconds() - t0;
     if (rc < 0)
         return rc;
-    tomo_cuda_refs cr = {refs.dark, refs.group_mean, refs.flat_a, refs.flat_b, refs.flat_w};
-    rc = tomo_cuda_reconstruct(vs->cuda, nz, &cr, images, stats, err);
-    tomo_prep_refs_free(&refs);
+    size_t w = (size_t)vs->scan->width, at = (size_t)ar.offset * w;
+    tomo_cuda_refs cr = {ar.refs.dark + at, ar.refs.group_mean + at, ar.refs.flat_a,
+                         ar.refs.flat_b,    ar.refs.flat_w,          (long)(ar.refs.nz * w)};
+    rc = tomo_cuda_begin(vs->cuda, ar.offset, nz, &cr, err);
+    tomo_prep_refs_free(&ar.refs);
+    if (rc >= 0) {
+        ahead_next(engine);
+        rc = tomo_cuda_finish(vs->cuda, images, stats, err);
+    }
     if (rc == -TOMO_E_NOMEM) {
         tomo_log_warning("%s; reconstructing on the CPU instead", err->message);
+        ahead_release(engine, v);
         tomo_cuda_destroy(vs->cuda);
         vs->cuda = NULL;
         vs->gpu_failed = 1;
@@ -538,7 +890,7 @@ static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **
     long width = scan->width, m = scan->n_proj;
     long slice_stride = m * width;
     size_t image_px = (size_t)vs->size * (size_t)vs->size;
-    float *sino = NULL, *images = NULL;
+    float *sino = NULL, *sino_block = NULL, *images = NULL;
     float **pixels = calloc((size_t)nz, sizeof *pixels);
     int rc = 0;
     *read_seconds = 0;
@@ -565,19 +917,26 @@ static int reconstruct(tomo_engine *engine, int v, int z0, int nz, tomo_slice **
     int n_sino = sweep ? 1 : nz;
     int row0 = (sweep ? vs->params.sweep.slice : z0) * zb;
     size_t sino_bytes = (size_t)n_sino * (size_t)zb * (size_t)slice_stride * sizeof(float);
-    sino = aligned_alloc(64, (sino_bytes + 63) & ~(size_t)63);
+    double t0 = now_seconds();
+    ahead_rows ar;
+    ahead_take(engine, v, z0, nz, 0, &ar);
+    sino_block = ar.taken ? ar.sino : aligned_alloc(64, (sino_bytes + 63) & ~(size_t)63);
+    sino = ar.taken ? sino_block + (size_t)ar.offset * (size_t)slice_stride : sino_block;
     images = malloc((size_t)nz * image_px * sizeof(float));
     if (!sino || !images) {
         rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory for a chunk of %d slices (%zu MB)",
                             nz, sino_bytes >> 20);
         goto out;
     }
-    double t0 = now_seconds();
-    rc = tomo_prep_rows(scan, &vs->params.prep, engine->pool, NULL, (int)m, row0, n_sino * zb, sino,
-                        &stats, err);
+    if (ar.taken)
+        stats = ar.stats;
+    else
+        rc = tomo_prep_rows(scan, &vs->params.prep, engine->pool, NULL, (int)m, row0, n_sino * zb,
+                            sino, &stats, err);
     *read_seconds = now_seconds() - t0;
     if (rc < 0)
         goto out;
+    ahead_next(engine); /* the next chunk's rows while this one computes */
     if (zb > 1)
         average_sinograms(sino, n_sino, zb, (size_t)slice_stride);
     if (vs->params.rings.method != TOMO_RINGS_NONE) {
@@ -615,7 +974,7 @@ out:
             out[i] = NULL;
         }
     free(pixels);
-    free(sino);
+    free(sino_block);
     free(images);
     return rc;
 }
@@ -626,8 +985,10 @@ static void run_job(tomo_engine *engine, job *j)
     tomo_error err;
     tomo_error_clear(&err);
     double t0 = now_seconds(), read_seconds = 0;
+    engine->current = j;
     int rc = slices ? reconstruct(engine, j->variant, j->z0, j->nz, slices, &read_seconds, &err)
                     : tomo_error_set(&err, TOMO_E_NOMEM, "out of memory");
+    engine->current = NULL;
     double elapsed = now_seconds() - t0;
 
     /* A failure is reported by whoever waits for the slices, with the file names they know. */
@@ -645,6 +1006,10 @@ static void run_job(tomo_engine *engine, job *j)
     else {
         engine->stats.chunks++;
         engine->stats.slices += (uint64_t)j->nz;
+        if (!j->sync) {
+            engine->variants[j->variant].done_start = j->z0;
+            engine->variants[j->variant].done_end = j->z0 + j->nz;
+        }
     }
     pthread_mutex_unlock(&engine->lock);
 
@@ -660,14 +1025,25 @@ static void run_job(tomo_engine *engine, job *j)
         free(slices);
         return;
     }
+    /* Every slice leaves the pending list before the first answer: a request that follows one
+       finds the chunk's slices in the sink (or gone from it), never still pending. */
+    waiter **ws = calloc((size_t)j->nz, sizeof *ws);
+    pthread_mutex_lock(&engine->lock);
+    for (int i = 0; ws && i < j->nz; i++)
+        ws[i] = take_waiters(engine, j->variant, j->z0 + i);
+    pthread_mutex_unlock(&engine->lock);
     for (int i = 0; i < j->nz; i++) {
-        pthread_mutex_lock(&engine->lock);
-        waiter *w = take_waiters(engine, j->variant, j->z0 + i);
-        pthread_mutex_unlock(&engine->lock);
+        waiter *w = ws ? ws[i] : NULL;
+        if (!ws) {
+            pthread_mutex_lock(&engine->lock);
+            w = take_waiters(engine, j->variant, j->z0 + i);
+            pthread_mutex_unlock(&engine->lock);
+        }
         answer(w, rc < 0 ? NULL : slices[i], rc < 0 ? &err : NULL);
         if (slices)
             tomo_slice_unref(slices[i]);
     }
+    free(ws);
     free(slices);
 }
 
@@ -772,6 +1148,8 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         engine->sink = *sink;
     pthread_mutex_init(&engine->lock, NULL);
     pthread_cond_init(&engine->wake, NULL);
+    pthread_cond_init(&engine->ahead.wake, NULL);
+    pthread_cond_init(&engine->ahead.done, NULL);
 
     int rc = 0;
     double *angles = malloc((size_t)scan->n_proj * sizeof *angles);
@@ -800,6 +1178,7 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
         vs->count = tomo_recon_slice_count(scan, &vs->params);
         vs->chunk = engine->config.first_chunk;
         vs->last_start = vs->last_end = -1;
+        vs->done_start = vs->done_end = -1;
         vs->filter = tomo_filter_create(scan->width, vs->params.filter, vs->params.pad, err);
         if (!vs->filter) {
             rc = err && err->code ? -err->code : -TOMO_E_NOMEM;
@@ -845,6 +1224,17 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
             rc = tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
             goto fail;
         }
+    }
+    engine->ahead_gpu = engine->config.read_ahead >= 0 && engine->gpu >= 0;
+    engine->ahead_cpu = engine->config.read_ahead > 0;
+    if (engine->ahead_gpu || engine->ahead_cpu) {
+        engine->ahead.pool = tomo_pool_create(engine->config.threads);
+        if (!engine->ahead.pool ||
+            pthread_create(&engine->ahead.thread, NULL, ahead_main, engine) != 0) {
+            rc = tomo_error_set(err, TOMO_E_NOMEM, "cannot start the reading threads");
+            goto fail;
+        }
+        engine->ahead.started = 1;
     }
     if (pthread_create(&engine->thread, NULL, engine_main, engine) != 0) {
         rc = tomo_error_set(err, TOMO_E_NOMEM, "cannot start the engine thread");
@@ -902,13 +1292,18 @@ void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_do
     int cap = memory_cap(engine) / (vs->params.zbin > 1 ? vs->params.zbin : 1); /* rows/slice */
     if (cap < 1)
         cap = 1;
-    if (vs->last_start >= 0 && z >= vs->last_start && z <= vs->last_end + vs->chunk)
+    if (z >= vs->done_start && z < vs->done_end)
+        learn_sink_cap(engine, variant);
+    if (vs->sink_cap > 0 && vs->sink_cap < cap)
+        cap = vs->sink_cap;
+    int sequential = vs->last_start >= 0 && z >= vs->last_start && z <= vs->last_end + vs->chunk;
+    if (sequential)
         vs->chunk = vs->chunk * 2 < cap ? vs->chunk * 2 : cap;
     else
         vs->chunk = engine->config.first_chunk < cap ? engine->config.first_chunk : cap;
-    int nz = 1;
+    int nz = 1, ahead_end = ahead_limit(engine, variant, z);
     while (nz < vs->chunk && z + nz < vs->count && !find_pending(engine, variant, z + nz) &&
-           !stored(engine, variant, z + nz))
+           !stored(engine, variant, z + nz) && (ahead_end < 0 || z + nz < ahead_end))
         nz++;
     vs->last_start = z;
     vs->last_end = z + nz;
@@ -943,6 +1338,10 @@ void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_do
     j->variant = variant;
     j->z0 = z;
     j->nz = nz;
+    if (sequential) { /* the reader will ask for the next chunk: its rows are read ahead */
+        j->ahead_z0 = z + nz;
+        j->ahead_nz = vs->chunk * 2 < cap ? vs->chunk * 2 : cap;
+    }
     enqueue(engine, j);
     pthread_mutex_unlock(&engine->lock);
     return;
@@ -1007,6 +1406,16 @@ void tomo_engine_destroy(tomo_engine *engine)
         pthread_mutex_unlock(&engine->lock);
         pthread_join(engine->thread, NULL);
     }
+    /* The reader stops after its current piece; what it holds is dropped. */
+    if (engine->ahead.started) {
+        pthread_mutex_lock(&engine->lock);
+        engine->ahead.stopping = 1;
+        pthread_cond_broadcast(&engine->ahead.wake);
+        pthread_mutex_unlock(&engine->lock);
+        pthread_join(engine->ahead.thread, NULL);
+    }
+    ahead_discard(engine);
+    tomo_pool_destroy(engine->ahead.pool);
     /* Requests that joined nothing queued (cannot happen once the thread drained) are freed. */
     while (engine->pending) {
         pending *p = engine->pending;
@@ -1032,6 +1441,8 @@ void tomo_engine_destroy(tomo_engine *engine)
     free(engine->variants);
     pthread_mutex_destroy(&engine->lock);
     pthread_cond_destroy(&engine->wake);
+    pthread_cond_destroy(&engine->ahead.wake);
+    pthread_cond_destroy(&engine->ahead.done);
     free(engine);
 }
 

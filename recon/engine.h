@@ -7,10 +7,18 @@
  * on the same computation. The engine plans a chunk of adjacent slices around each new
  * request: small for the first, growing while requests keep moving forward through the
  * volume, so sequential readers are served from ever larger and cheaper chunks. Every slice a
- * chunk produces goes to the sink (the cache), wanted or not.
+ * chunk produces goes to the sink (the cache), wanted or not. A chunk is never larger than
+ * the sink was seen to keep: when a slice of the last chunk is asked for again after the
+ * sink dropped it, that variant's chunks are capped at three quarters of what the sink still
+ * held of it.
  *
  * One chunk runs at a time: its preprocessing reads the detector rows of every projection in
- * parallel, and its reconstruction uses every core.
+ * parallel, and its reconstruction uses every core (or the GPU). While a chunk computes, a
+ * reader thread reads the rows of the next one when it is known (read_ahead): the next
+ * queued chunk, the next chunk of a series of tomo_engine_compute calls, or the chunk a
+ * sequential reader will ask for next. Reading ahead only reads: it stops, and what it read
+ * is dropped, as soon as a chunk of anything else is to run, and a read that fails is
+ * forgotten, so its error reaches a reader only if that chunk is asked for and fails again.
  */
 #ifndef TOMO_ENGINE_H
 #define TOMO_ENGINE_H
@@ -114,6 +122,12 @@ typedef struct tomo_engine_config {
     uint64_t memory_limit;    /* bytes of sinogram per chunk at most */
     int device;               /* TOMO_DEVICE_AUTO, TOMO_DEVICE_CPU or a CUDA device index */
     tomo_precision precision; /* GPU back-projection precision */
+    /*
+     * Reading the next chunk's rows while one computes: 0 for chunks on the GPU (into its
+     * pinned buffer, at no memory cost), 1 for every chunk (on the CPU into a second sinogram
+     * buffer, up to memory_limit), -1 never.
+     */
+    int read_ahead;
 } tomo_engine_config;
 
 #define TOMO_DEVICE_AUTO (-1) /* the first CUDA device if there is one, else the CPU */
@@ -144,7 +158,9 @@ void tomo_engine_request(tomo_engine *engine, int variant, int z, tomo_engine_do
 
 /*
  * Reconstructs slices [z0, z0 + nz) of a variant as one chunk and waits for them. out[i]
- * receives slice z0 + i (caller unrefs). For whole-volume work such as export.
+ * receives slice z0 + i (caller unrefs). For whole-volume work such as export: while the
+ * chunk computes, the rows of [z0 + nz, z0 + 2 nz) are read ahead, so a caller that walks
+ * the volume in order finds the next chunk's rows read.
  */
 int tomo_engine_compute(tomo_engine *engine, int variant, int z0, int nz, tomo_slice **out,
                         tomo_error *err);
@@ -158,7 +174,10 @@ typedef struct tomo_engine_stats {
     uint64_t errors;     /* chunks that failed */
     uint64_t queued;     /* requests waiting now */
     double busy_seconds; /* time spent reconstructing */
-    double read_seconds; /* of which reading (and, on the CPU, normalising) detector rows */
+    /* of which reading (and, on the CPU, normalising) detector rows, or waiting for them */
+    double read_seconds;
+    uint64_t read_ahead_used;    /* chunks whose rows had been read ahead */
+    uint64_t read_ahead_dropped; /* reads ahead cancelled, failed or not wanted */
 } tomo_engine_stats;
 
 void tomo_engine_get_stats(tomo_engine *engine, tomo_engine_stats *stats);

@@ -59,15 +59,21 @@ def names(rows):
     return [f"slice_{z:05d}.tif" for z in range(rows)]
 
 
-def have(program, package):
-    """True if `program` is installed; otherwise fails (under tools/check) or says it skips."""
-    if shutil.which(program):
-        return True
-    message = f"{program} is not installed (Debian package {package}; tools/install-deps adds it)"
+def check_with(r, programs, name, fn):
+    """Runs check `fn` if every (program, Debian package) is installed. If one is missing the
+    check fails under tools/check and in CI, and is skipped with a message elsewhere."""
+    missing = [f"{program} (Debian package {package})" for program, package in programs
+               if not shutil.which(program)]
+    if not missing:
+        r.check(name, fn)
+        return
+    message = f"{', '.join(missing)} not installed; tools/install-deps installs it"
     if REQUIRED:
-        raise AssertionError(message)
-    print(f"SKIP {message}: its checks are skipped", flush=True)
-    return False
+        def fail():
+            raise AssertionError(message)
+        r.check(name, fail)
+    else:
+        print(f"SKIP {name}: {message}", flush=True)
 
 
 def run_client(args, timeout=CLIENT_TIMEOUT, **kw):
@@ -373,8 +379,6 @@ def shell_checks(tmp, scan, exported):
     options = ["-o", f"pixel_um={PIXEL_UM}"]
 
     def file_command():
-        if not have("file", "file"):
-            return
         with Mount(scan, *options) as m:
             out = subprocess.run(["file", "-b", m.path("slices", "slice_00010.tif")],
                                  capture_output=True, text=True, check=True).stdout
@@ -403,8 +407,6 @@ def shell_checks(tmp, scan, exported):
             del mapped  # unmapped, or the mount would be busy
 
     def rsync_twice_and_after_remount():
-        if not have("rsync", "rsync"):
-            return
         dest = os.path.join(tmp, "rsync")
         with Mount(scan, *options) as m:
             before = [os.stat(m.path("slices", n)) for n in names(ROWS)]
@@ -690,23 +692,23 @@ def main():
 
     (virtual_stack, calibration, large_pixels, uint16_values,
      tall_import) = imagej_checks(tmp, scan, truth_center, exported)
-    xvfb = have("xvfb-run", "xvfb") if REQUIRED or shutil.which("imagej") else False
-    if have("imagej", "imagej") and xvfb:
-        r.check("ImageJ: a virtual stack computes only the slices shown; pixels equal the file "
-                "and the truth", virtual_stack)
-        r.check(f"ImageJ: calibration {PIXEL_UM} um", calibration)
-        r.check(f"ImageJ: calibration {4 * PIXEL_UM} um (bin=4)", large_pixels)
-        r.check("ImageJ: uint16 slices calibrated in cm^-1", uint16_values)
-        r.check(f"ImageJ: a {TALL_ROWS}-slice folder imports computing one slice",
-                lambda: tall_import(tall))
-    if have("pvpython", "python3-paraview"):
-        r.check("ParaView: file series and image stack, float32, spacing, laziness",
-                paraview_checks(tmp, scan))
+    imagej = [("imagej", "imagej"), ("xvfb-run", "xvfb"), ("xauth", "xauth")]
+    check_with(r, imagej, "ImageJ: a virtual stack computes only the slices shown; pixels "
+               "equal the file and the truth", virtual_stack)
+    check_with(r, imagej, f"ImageJ: calibration {PIXEL_UM} um", calibration)
+    check_with(r, imagej, f"ImageJ: calibration {4 * PIXEL_UM} um (bin=4)", large_pixels)
+    check_with(r, imagej, "ImageJ: uint16 slices calibrated in cm^-1", uint16_values)
+    check_with(r, imagej, f"ImageJ: a {TALL_ROWS}-slice folder imports computing one slice",
+               lambda: tall_import(tall))
+    check_with(r, [("pvpython", "python3-paraview")],
+               "ParaView: file series and image stack, float32, spacing, laziness",
+               paraview_checks(tmp, scan))
     file_command, cp_tar_tifffile, rsync_checks = shell_checks(tmp, scan, exported)
-    r.check("file names a little-endian TIFF", file_command)
+    check_with(r, [("file", "file")], "file names a little-endian TIFF", file_command)
     r.check("cp -r, tar (no 'file changed' warning), tifffile memory mapping", cp_tar_tifffile)
-    r.check("rsync -a twice and after a remount: the second copies and computes nothing",
-            rsync_checks)
+    check_with(r, [("rsync", "rsync")],
+               "rsync -a twice and after a remount: the second copies and computes nothing",
+               rsync_checks)
     r.check(f"ls -l and list-then-stat of {TALL_ROWS} slices compute nothing",
             metadata_checks(tmp, tall))
     status_file, errors_in_status_and_log, progress_bars = status_and_log_checks(tmp, scan)
