@@ -41,10 +41,10 @@ struct tomo_cuda {
     cudaEvent_t uploaded[2], computed[2];
     cudaEvent_t *downloaded; /* one per group of the largest chunk */
     int n_groups_max;
-
-    float *h_raw;    /* pinned [max_rows][M][N] */
     cudaEvent_t raw_free; /* every raw row of the chunk begun last has been uploaded */
     int begun_nz;         /* slices of the chunk begun and not finished, or 0 */
+
+    float *h_raw;    /* pinned [max_rows][M][N] */
     float *h_images; /* pinned [max_rows][S][S] */
 
     float *d_raw;                 /* [max_rows][M][N], normalised in place */
@@ -565,11 +565,11 @@ int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error
         TRY(cudaEventCreateWithFlags(&c->downloaded[i],
                                      cudaEventDisableTiming | cudaEventBlockingSync),
             "creating events");
+    TRY(cudaEventCreateWithFlags(&c->raw_free, cudaEventDisableTiming | cudaEventBlockingSync),
+        "creating events");
     TRY(cudaMallocHost((void **)&c->h_raw, rows * NM * sizeof(float)), "pinned raw buffer");
     TRY(cudaMallocHost((void **)&c->h_images, rows * SS * sizeof(float)), "pinned image buffer");
     TRY(cudaMalloc((void **)&c->d_raw, rows * NM * sizeof(float)), "raw rows");
-    TRY(cudaEventCreateWithFlags(&c->raw_free, cudaEventDisableTiming | cudaEventBlockingSync),
-        "creating events");
     TRY(cudaMalloc((void **)&c->d_dark, (size_t)rows * c->N * sizeof(double)), "dark rows");
     TRY(cudaMalloc((void **)&c->d_flats, (size_t)c->G * rows * c->N * sizeof(double)), "flat rows");
     TRY(cudaMalloc((void **)&c->d_flat_a, (size_t)c->M * sizeof(int)), "flat brackets");
@@ -816,7 +816,9 @@ int tomo_cuda_begin(tomo_cuda *c, int first, int nz, const tomo_cuda_refs *refs,
                               first + nz - 1, c->max_rows);
     const int threads = 256;
     long NM = (long)c->N * c->M, SS = (long)c->S * c->S;
+    long flat_stride = refs->flat_stride ? refs->flat_stride : (long)nz * c->N;
     float black_limit = (float)(c->config.prep.black_fraction * c->N);
+    int n_groups = (nz + GROUP - 1) / GROUP;
     int rc;
 #define TRY(call, what)                                                                            \
     do {                                                                                           \
@@ -831,9 +833,7 @@ int tomo_cuda_begin(tomo_cuda *c, int first, int nz, const tomo_cuda_refs *refs,
     for (int g = 0; g < c->G; g++)
         TRY(cudaMemcpyAsync(c->d_flats + (long)g * nz * c->N,
                             refs->flat_groups + (long)g * flat_stride,
-    long flat_stride = refs->flat_stride ? refs->flat_stride : (long)nz * c->N;
                             (size_t)nz * c->N * sizeof(double), cudaMemcpyHostToDevice, c->compute),
-    int n_groups = (nz + GROUP - 1) / GROUP;
             "uploading the flats");
     TRY(cudaMemcpyAsync(c->d_flat_a, refs->flat_a, (size_t)c->M * sizeof(int),
                         cudaMemcpyHostToDevice, c->compute),
@@ -883,21 +883,6 @@ int tomo_cuda_begin(tomo_cuda *c, int first, int nz, const tomo_cuda_refs *refs,
             "downloading images");
         TRY(cudaEventRecord(c->downloaded[g], c->down), "recording an event");
     }
-    /* Copy each group out as soon as it has arrived, while the GPU works on the next ones. */
-    for (int g = 0; g < n_groups; g++) {
-        TRY(cudaEventSynchronize(c->downloaded[g]), "reconstructing");
-        int first = g * GROUP, n = nz - first < GROUP ? nz - first : GROUP;
-        copy_job job = {c->h_images + (long)first * SS, images + first, SS, COPY_PARTS};
-        tomo_pool_run(c->config.copy_pool, n * COPY_PARTS, copy_part, &job);
-    }
-    TRY(cudaStreamSynchronize(c->compute), "reconstructing");
-    if (stats) {
-        unsigned long long counts[2];
-        TRY(cudaMemcpy(counts, c->d_counts, sizeof counts, cudaMemcpyDeviceToHost),
-            "reading counters");
-        stats->clipped_pixels += (long)counts[0];
-        stats->black_lines += (long)counts[1];
-    }
     /* every raw row is on its way: the raw buffer is free once this event has passed */
     TRY(cudaEventRecord(c->raw_free, c->up), "recording an event");
     c->begun_nz = nz;
@@ -929,7 +914,33 @@ int tomo_cuda_finish(tomo_cuda *c, float *const *images, tomo_prep_stats *stats,
             goto fail;                                                                             \
     } while (0)
     TRY(cudaSetDevice(c->config.device), "selecting the device");
+    /* Copy each group out as soon as it has arrived, while the GPU works on the next ones. */
+    for (int g = 0; g < n_groups; g++) {
+        TRY(cudaEventSynchronize(c->downloaded[g]), "reconstructing");
+        int first = g * GROUP, n = nz - first < GROUP ? nz - first : GROUP;
+        copy_job job = {c->h_images + (long)first * SS, images + first, SS, COPY_PARTS};
+        tomo_pool_run(c->config.copy_pool, n * COPY_PARTS, copy_part, &job);
+    }
+    TRY(cudaStreamSynchronize(c->compute), "reconstructing");
+    if (stats) {
+        unsigned long long counts[2];
+        TRY(cudaMemcpy(counts, c->d_counts, sizeof counts, cudaMemcpyDeviceToHost),
+            "reading counters");
+        stats->clipped_pixels += (long)counts[0];
+        stats->black_lines += (long)counts[1];
+    }
     return 0;
+fail:
+    drain(c);
+    return rc;
+#undef TRY
+}
+
+int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, float *const *images,
+                          tomo_prep_stats *stats, tomo_error *err)
+{
+    int rc = tomo_cuda_begin(c, 0, nz, refs, err);
+    return rc < 0 ? rc : tomo_cuda_finish(c, images, stats, err);
 }
 
 int tomo_cuda_bench_backproject(tomo_cuda *c, const float *filtered, int nz, int repeat,
@@ -945,17 +956,6 @@ int tomo_cuda_bench_backproject(tomo_cuda *c, const float *filtered, int nz, int
     cudaEventCreate(&stop);
     for (int s = 0; s < nz; s++) {
         if ((rc = cuda_failed(cudaMemcpy2D(c->d_padded, (size_t)c->L * sizeof(float),
-fail:
-    drain(c);
-    return rc;
-#undef TRY
-}
-
-int tomo_cuda_reconstruct(tomo_cuda *c, int nz, const tomo_cuda_refs *refs, float *const *images,
-                          tomo_prep_stats *stats, tomo_error *err)
-{
-    int rc = tomo_cuda_begin(c, 0, nz, refs, err);
-    return rc < 0 ? rc : tomo_cuda_finish(c, images, stats, err);
                                            filtered + (long)s * NM, (size_t)c->N * sizeof(float),
                                            (size_t)c->N * sizeof(float), (size_t)c->M,
                                            cudaMemcpyHostToDevice),
@@ -1018,6 +1018,8 @@ void tomo_cuda_destroy(tomo_cuda *c)
     for (int i = 0; c->downloaded && i < c->n_groups_max; i++)
         if (c->downloaded[i])
             cudaEventDestroy(c->downloaded[i]);
+    if (c->raw_free)
+        cudaEventDestroy(c->raw_free);
     free(c->downloaded);
     if (c->up)
         cudaStreamDestroy(c->up);
@@ -1034,8 +1036,6 @@ int tomo_cuda_supports_rings(const tomo_rings_params *rings)
         return 1;
     if (rings->method != TOMO_RINGS_SORT || rings->size < 1)
         return 0;
-    if (c->raw_free)
-        cudaEventDestroy(c->raw_free);
     return rings->dim == 2 ? rings->size <= 15 : rings->size <= 127;
 }
 

@@ -103,9 +103,9 @@ typedef struct tomo_cuda_refs {
     const int *flat_a;         /* [n_proj] flat interpolation: I0 = (1-w) G[a] + w G[b] */
     const int *flat_b;         /* [n_proj] */
     const double *flat_w;      /* [n_proj] */
+    long flat_stride;          /* doubles from one flat group to the next; 0 means nz * width */
 } tomo_cuda_refs;
 
-    long flat_stride;          /* doubles from one flat group to the next; 0 means nz * width */
 /*
  * Begins the reconstruction of `nz` adjacent slices whose raw rows are rows [first,
  * first + nz) of the raw buffer (first + nz <= max_rows): uploads the reference rows, queues
