@@ -611,7 +611,11 @@ static int bench(int size, int batch, int training, int repeat)
     printf("%s: default network (11 channels, 32 features, 4 levels, %zu parameters), %d x %d "
            "x %d, algorithms by %s; device memory in use before: %.2f GiB\n",
            training ? "training step" : "inference", net->layout.n_params, batch, size, size,
-           search && strcmp(search, "heuristic") == 0 ? "heuristics" : "timing (find)", base);
+           (search && strcmp(search, "find") == 0) ||
+                   (training && !(search && strcmp(search, "heuristic") == 0))
+               ? "timing (find)"
+               : "heuristics",
+           base);
     int rc = 0;
     for (int exact = 1; exact >= 0; exact--) {
         static check_case c;
