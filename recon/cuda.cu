@@ -1050,8 +1050,12 @@ int tomo_cuda_bench_rings(tomo_cuda *c, float *sino, int repeat, double *ms, tom
     double best = INFINITY;
     int rc = 0;
     for (int r = 0; r < repeat && rc == 0; r++) {
-        if ((rc = cuda_failed(cudaMemcpy(c->d_raw, sino, bytes, cudaMemcpyHostToDevice),
-                              "uploading the sinogram", err)) < 0)
+        /* on the compute stream: cudaMemcpy from pageable memory may return before the data
+           is on the device, and the compute stream would not wait for it */
+        cudaError_t up = cudaMemcpyAsync(c->d_raw, sino, bytes, cudaMemcpyHostToDevice, c->compute);
+        if (up == cudaSuccess)
+            up = cudaStreamSynchronize(c->compute);
+        if ((rc = cuda_failed(up, "uploading the sinogram", err)) < 0)
             break;
         cudaEventRecord(start, c->compute);
         remove_rings_slice(c, c->d_raw);
