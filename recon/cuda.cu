@@ -8,9 +8,10 @@
  * Per group, on the compute stream:
  *   normalise      raw counts -> absorbance, clipped pixels counted per projection line
  *   black lines    lines with too many clipped pixels replaced by the mean good line
- *   rings          (rings-removed/) Vo's algorithm 3: every column sorted along the angles by
- *                  a stable segmented sort, a median across the detector on the sorted image,
- *                  every value written back to its row
+ *   rings          (rings-removed/) for rings=all, large and dead first Vo's algorithms 6
+ *                  and 5 (cuda_stripes.cu); then, for sort and all, algorithm 3: every column
+ *                  sorted along the angles by a stable segmented sort, a median across the
+ *                  detector on the sorted image, every value written back to its row
  *   filter         per slice: pad (edge or zero, as the CPU), cuFFT R2C, times the CPU's
  *                  spectrum, C2R
  *   tables         per view the (w q[i-1], w q[i] - w q[i-1]) pairs the CPU back-projector
@@ -21,6 +22,7 @@
 extern "C" {
 #include "cuda.h"
 }
+#include "cuda_stripes.h"
 
 #include <cub/device/device_segmented_sort.cuh>
 #include <cuda_fp16.h>
@@ -71,6 +73,7 @@ struct tomo_cuda {
     int *d_rows, *d_rows_sorted, *d_offsets;
     void *d_sort_temp;
     size_t sort_temp_bytes;
+    tomo_cuda_stripes *stripes; /* algorithms 6 and 5 (rings=all, large, dead), or NULL */
     cufftHandle r2c, c2r;
     int have_r2c, have_c2r;
     int block_x; /* back-projection thread block: block_x x (256 / block_x) pixels */
@@ -609,6 +612,14 @@ int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error
                 (int)NM, c->N, c->d_offsets, c->d_offsets + 1),
             "planning the column sort");
         TRY(cudaMalloc(&c->d_sort_temp, c->sort_temp_bytes), "ring removal");
+        if (config->rings.method != TOMO_RINGS_SORT) {
+            tomo_cuda_sort_space space = {c->d_keys,         c->d_keys_sorted, c->d_rows,
+                                          c->d_rows_sorted,  c->d_offsets,     c->d_sort_temp,
+                                          c->sort_temp_bytes};
+            if ((rc = tomo_cuda_stripes_create(&config->rings, c->M, c->N, &space, &c->stripes,
+                                               err)) < 0)
+                goto fail;
+        }
     }
     TRY(cudaMalloc((void **)&c->d_xs, (size_t)c->S * sizeof(float)), "pixel positions");
     TRY(cudaMalloc((void **)&c->d_ys, (size_t)c->S * sizeof(float)), "pixel positions");
@@ -708,9 +719,16 @@ float *tomo_cuda_raw_buffer(tomo_cuda *cuda)
     return cuda->h_raw;
 }
 
-/* Algorithm 3 on the normalised sinogram of slice z, in place, on the compute stream. */
+/*
+ * Ring removal on the normalised sinogram of slice z, in place, on the compute stream: dead and
+ * large stripes (cuda_stripes.cu) for rings=all, large, dead; then algorithm 3 for sort, all.
+ */
 static void remove_rings_slice(tomo_cuda *c, float *sino)
 {
+    if (c->stripes) /* dead, then large stripes */
+        tomo_cuda_stripes_run(c->stripes, sino, c->compute);
+    if (c->config.rings.method != TOMO_RINGS_SORT && c->config.rings.method != TOMO_RINGS_ALL)
+        return;
     dim3 tblock(32, 8), tgrid(blocks_for(c->N, 32), blocks_for(c->M, 32));
     transpose_kernel<<<tgrid, tblock, 0, c->compute>>>(sino, c->M, c->N, c->d_keys, c->d_rows);
     size_t temp = c->sort_temp_bytes;
@@ -718,7 +736,7 @@ static void remove_rings_slice(tomo_cuda *c, float *sino)
                                               c->d_rows, c->d_rows_sorted, c->M * c->N, c->N,
                                               c->d_offsets, c->d_offsets + 1, c->compute);
     dim3 mgrid(blocks_for(c->M, 128), c->N);
-    int size = c->config.rings.size;
+    int size = tomo_rings_sort_size(&c->config.rings, c->N);
     if (c->config.rings.dim == 1 && size <= 32)
         rings_median_small_kernel<32><<<mgrid, 128, 0, c->compute>>>(
             c->d_keys_sorted, c->d_rows_sorted, c->M, c->N, size, sino);
@@ -869,7 +887,7 @@ int tomo_cuda_begin(tomo_cuda *c, int first, int nz, const tomo_cuda_refs *refs,
         black_lines_kernel<<<bgrid, threads, 0, c->compute>>>(c->d_raw, c->d_clipped, nz, z0, c->N,
                                                               c->M, black_limit);
         for (int s = 0; s < n; s++) {
-            if (c->config.rings.method == TOMO_RINGS_SORT)
+            if (c->config.rings.method != TOMO_RINGS_NONE)
                 remove_rings_slice(c, c->d_raw + (long)(z0 + s) * NM);
             filter_slice(c, z0 + s, s);
         }
@@ -999,6 +1017,7 @@ void tomo_cuda_destroy(tomo_cuda *c)
         cufftDestroy(c->r2c);
     if (c->have_c2r)
         cufftDestroy(c->c2r);
+    tomo_cuda_stripes_destroy(c->stripes);
     cudaFreeHost(c->h_raw);
     cudaFreeHost(c->h_images);
     void *device[] = {
@@ -1034,14 +1053,19 @@ int tomo_cuda_supports_rings(const tomo_rings_params *rings)
 {
     if (rings->method == TOMO_RINGS_NONE)
         return 1;
-    if (rings->method != TOMO_RINGS_SORT || rings->size < 1)
+    if (!tomo_cuda_stripes_supports(rings))
         return 0;
-    return rings->dim == 2 ? rings->size <= 15 : rings->size <= 127;
+    if (rings->method != TOMO_RINGS_SORT && rings->method != TOMO_RINGS_ALL)
+        return 1; /* large, dead: no algorithm 3 step */
+    int size = rings->method == TOMO_RINGS_ALL ? rings->sm_size : rings->size;
+    if (size < 1)
+        return 0;
+    return rings->dim == 2 ? size <= 15 : size <= 127;
 }
 
 int tomo_cuda_bench_rings(tomo_cuda *c, float *sino, int repeat, double *ms, tomo_error *err)
 {
-    if (c->config.rings.method != TOMO_RINGS_SORT)
+    if (c->config.rings.method == TOMO_RINGS_NONE)
         return tomo_error_set(err, TOMO_E_INVALID, "GPU bench: the pipeline removes no rings");
     size_t bytes = (size_t)c->M * c->N * sizeof(float);
     cudaEvent_t start, stop;

@@ -71,13 +71,15 @@ typedef struct tomo_cuda_config {
     const tomo_filter *filter; /* the CPU filter whose spectrum and padding are used */
     const tomo_bp_plan *plan;  /* the CPU back-projection geometry */
     tomo_pool *copy_pool;      /* threads that copy finished slices out (NULL: the caller) */
-    tomo_rings_params rings;   /* NONE, or SORT within tomo_cuda_supports_rings() */
+    tomo_rings_params rings;   /* NONE, or a method within tomo_cuda_supports_rings() */
 } tomo_cuda_config;
 
 /*
  * Whether the GPU pipeline can remove rings with these (resolved) parameters: algorithm 3
- * (SORT) with a median of at most 127 along the detector, or at most 15 x 15 (dim 2). The
- * result equals the CPU's bit for bit (stable segmented sort, exact medians).
+ * (SORT, and the last step of ALL) with a median of at most 127 along the detector, or at
+ * most 15 x 15 (dim 2); dead stripes (DEAD, ALL) with any la_size; large stripes (LARGE, ALL)
+ * with la_size at most 127. The result equals the CPU's bit for bit (stable segmented sorts,
+ * exact medians, the CPU's double sums in the CPU's order).
  */
 int tomo_cuda_supports_rings(const tomo_rings_params *rings);
 
@@ -148,8 +150,8 @@ int tomo_cuda_bench_backproject(tomo_cuda *cuda, const float *filtered, int nz, 
                                 float *images, double *ms, tomo_error *err);
 
 /*
- * For benchmarks: algorithm 3 on one n_proj x width sinogram (host), `repeat` times; the best
- * time in milliseconds (kernels only) and the result in `sino`.
+ * For benchmarks: the pipeline's ring removal (config.rings) on one n_proj x width sinogram
+ * (host), `repeat` times; the best time in milliseconds (kernels only) and the result in `sino`.
  */
 int tomo_cuda_bench_rings(tomo_cuda *cuda, float *sino, int repeat, double *ms, tomo_error *err);
 
