@@ -5,8 +5,11 @@
 #   tests/gpu/run.sh [parity|bench|mount|export|unet|all]...    (default: all)
 #
 # parity  CPU against CUDA (exact and fast) on phantoms and on the real scans in
-#         ../shared/data (or $TOMOFS_DATA) when present
-# bench   back-projection ms per slice at 2048 x 1800 and 4432 x 3600
+#         ../shared/data (or $TOMOFS_DATA) when present, rings-removed/ with rings=sort and
+#         with the stripe removal chain (rings=all, large, dead); ring removal against the
+#         CPU value for value on every method (gpu_check rings-exact)
+# bench   back-projection ms per slice at 2048 x 1800 and 4432 x 3600; ring removal ms per
+#         sinogram (sort and the chain) at the same sizes
 # mount   first slice through the mount of an uncached 4432-wide, 3600-projection phantom
 #         (raw files in the page cache), then consecutive slices
 # export  tomofs export of a 2048-wide, 2048-projection phantom against dd's write bandwidth
@@ -45,10 +48,15 @@ run_parity() {
   for scan in "$work/p256" "$work/p512n" "$work/p1000"; do
     "$check" parity "$scan" 0 8 || failed=1
   done
+  for rings in all large dead; do # the phantom with ring columns
+    "$check" parity "$work/p512n" 0 8 "$rings" || failed=1
+  done
   for scan in "$data/tooth_aps/tooth.h5" "$data/i13_24737_tiff" "$data/diad_k11_18014/k11-18014.nxs"; do
     if [ -e "$scan" ]; then
       if "$tomofs" info "$scan" >/dev/null 2>&1; then
-        "$check" parity "$scan" 0 2 || failed=1
+        for rings in sort all large dead; do
+          "$check" parity "$scan" 0 2 "$rings" || failed=1
+        done
       else
         echo "skip $scan: this build cannot read it"
       fi
@@ -56,6 +64,8 @@ run_parity() {
       echo "skip $scan: not present"
     fi
   done
+  echo "== ring removal: GPU against CPU, value for value"
+  "$check" rings-exact || failed=1
 }
 
 run_bench() {
@@ -63,8 +73,8 @@ run_bench() {
   "$check" bench-bp 2048 1800 5
   "$check" bench-bp 4432 3600 3
   echo "== ring removal benchmark"
-  "$check" bench-rings 2048 1800 21 5 || failed=1
-  "$check" bench-rings 4432 3600 21 5 || failed=1
+  "$check" bench-rings 2048 1800 21 5 sort,all,large,dead || failed=1
+  "$check" bench-rings 4432 3600 21 5 sort,all,large,dead || failed=1
 }
 
 run_mount() {
