@@ -2,7 +2,7 @@
 # Builds tomofs with CUDA and runs the GPU tests and benchmarks. Needs a machine with an
 # NVIDIA GPU, nvcc, and the build dependencies (pkg-config must find them).
 #
-#   tests/gpu/run.sh [parity|bench|mount|export|unet|all]...    (default: all)
+#   tests/gpu/run.sh [parity|bench|mount|export|unet|denoise|all]...    (default: all)
 #
 # parity  CPU against CUDA (exact and fast) on phantoms and on the real scans in
 #         ../shared/data (or $TOMOFS_DATA) when present, rings-removed/ with rings=sort and
@@ -18,6 +18,10 @@
 #         inference (cuDNN's heuristic and timed algorithms) and per training step on 2 and 4
 #         patches of 2208 x 2208 (the default patch 2216 rounded down to a multiple of 16),
 #         with a profile of each
+# denoise Noise2Inverse end to end: a noisy 512-wide phantom, `tomofs train` on the GPU, PSNR
+#         and SNR of denoised/ against rings-removed/ (tools/bench/denoise_quality.py), and
+#         denoised/ served on the GPU against the CPU; bin=2 and centre-search/ exports on a
+#         GPU host equal the CPU's
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${BUILD:-build-gpu}
@@ -146,6 +150,29 @@ run_unet() {
   "$unet" nomem || failed=1
 }
 
+run_denoise() {
+  echo "== denoising: Noise2Inverse on a noisy phantom, trained on the GPU"
+  rm -rf "$work/n2i"
+  python3 tools/bench/denoise_quality.py --tomofs "$tomofs" --work "$work/n2i" --width 512 \
+      --rows 64 --projections 720 --photons 300 --epochs 30 --slices-per-epoch 200 --batch 8 \
+      --patch 256 --device cuda:0 --eval-slices 16 --compare-cpu 3 --save "$work/n2i/images" \
+      || failed=1
+  echo "== bin=2 and centre-search/ on a GPU host against the CPU"
+  local p=$work/n2i/scan
+  for d in cpu cuda:0; do
+    rm -rf "$work/bin-$d" "$work/cs-$d"
+    "$tomofs" export "$p" "$work/bin-$d" --range 0:8 -o "bin=2,device=$d,cache=none" >/dev/null
+    "$tomofs" export "$p" "$work/cs-$d" --variant centre-search \
+        -o "center_search=32:255:258:0.5,device=$d,cache=none" >/dev/null
+  done
+  if diff -r -x scan.json "$work/bin-cpu" "$work/bin-cuda:0" >/dev/null &&
+     diff -r -x scan.json "$work/cs-cpu" "$work/cs-cuda:0" >/dev/null; then
+    echo "ok   bin=2 and centre-search/ equal on cpu and cuda:0"
+  else
+    echo "FAIL bin=2 or centre-search/ differ between cpu and cuda:0"; failed=1
+  fi
+}
+
 steps=${*:-all}
 for step in $steps; do
   case $step in
@@ -154,7 +181,8 @@ for step in $steps; do
   mount) run_mount ;;
   export) run_export ;;
   unet) run_unet ;;
-  all) run_parity; run_bench; run_mount; run_export; run_unet ;;
+  denoise) run_denoise ;;
+  all) run_parity; run_bench; run_mount; run_export; run_unet; run_denoise ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -11,6 +11,7 @@ Prints one table; --save DIR keeps a middle slice of each (and the truth) as .np
   tools/bench/denoise_quality.py --tomofs build/tools/tomofs [--device cuda:0] [options]
 """
 import argparse
+import glob
 import os
 import subprocess
 import sys
@@ -49,6 +50,35 @@ def snr(img, material, air):
     return img[material].mean() / img[air].std()
 
 
+def read_denoised(args, scan, model, options, zs, env):
+    mnt = tempfile.mkdtemp(prefix="tomofs-n2i-mnt-")
+    sh(args.tomofs, "mount", scan, mnt, "-o", f"cache=none,model={model},{options}", env=env)
+    try:
+        t0 = time.time()
+        out = [tifffile.imread(os.path.join(mnt, "denoised", "slice_%05d.tif" % z)) for z in zs]
+        return out, time.time() - t0
+    finally:
+        sh(args.tomofs, "umount", mnt, env=env)
+
+
+def compare_backends(args, scan, cache, env):
+    """denoised/ computed on the CPU and on the GPU (both exact) from the same model."""
+    models = glob.glob(os.path.join(cache, "tomofs", "models", "*.model"))
+    if len(models) != 1:
+        raise SystemExit(f"expected one model in {cache}, found {models}")
+    z0 = (args.rows - args.compare_cpu) // 2
+    zs = range(z0, z0 + args.compare_cpu)
+    cpu, cpu_s = read_denoised(args, scan, models[0], "device=cpu", zs, env)
+    gpu, gpu_s = read_denoised(args, scan, models[0], "device=cuda:0,precision=exact", zs, env)
+    worst = 0.0
+    for a, b in zip(cpu, gpu):
+        worst = max(worst, np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(a ** 2)))
+    print(f"denoised/ GPU against CPU, {len(zs)} slices: relative RMS difference at most "
+          f"{worst:.2e} (CPU {cpu_s:.1f} s, GPU {gpu_s:.1f} s, no cache)")
+    if worst > 1e-4:
+        raise SystemExit("GPU and CPU differ by more than 1e-4")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +96,9 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--eval-slices", type=int, default=16, help="middle slices compared")
     ap.add_argument("--save", default=None, help="folder for .npy images of a middle slice")
+    ap.add_argument("--compare-cpu", type=int, default=0, metavar="N",
+                    help="also serve N middle slices of denoised/ on the CPU and on the GPU "
+                         "(precision=exact, no cache) and compare them")
     args = ap.parse_args()
 
     work = args.work or tempfile.mkdtemp(prefix="tomofs-n2i-")
@@ -109,6 +142,9 @@ def main():
         read_s = time.time() - t0
     finally:
         sh(args.tomofs, "umount", mnt, env=env)
+
+    if args.compare_cpu:
+        compare_backends(args, scan, cache, env)
 
     r = np.array(rows)
     print(f"phantom {args.width} x {args.rows} x {args.projections}, {args.photons} photons; "
