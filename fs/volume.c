@@ -20,6 +20,12 @@ struct tomo_volume_denoiser {
     tomo_n2i *n2i;        /* created by the thread at the first slice */
     tomo_error n2i_error; /* why it could not be, then every slice fails with it */
     unsigned char *mask;  /* the reconstruction circle */
+    /*
+     * The split slices of the last denoised slice, [K * C]: a reader moving through the
+     * volume needs K new ones per slice instead of K * C, however small the RAM tier is.
+     * Touched by the denoiser's thread only.
+     */
+    tomo_slice **window;
 
     pthread_mutex_t lock; /* the queue */
     pthread_cond_t wake;
@@ -1100,9 +1106,27 @@ static void gather_done(void *arg, tomo_slice *slice, const tomo_error *err)
     pthread_mutex_unlock(&g->lock);
 }
 
+/* A new reference to slice z of a split variant if the window holds it, else NULL. */
+static tomo_slice *window_find(struct tomo_volume_denoiser *d, int n, int variant, int z)
+{
+    for (int i = 0; d->window && i < n; i++)
+        if (d->window[i] && d->window[i]->variant == variant && d->window[i]->z == z)
+            return tomo_slice_ref(d->window[i]);
+    return NULL;
+}
+
+/* Makes `slices` (n references, taken over) the window, releasing the previous one. */
+static void window_replace(struct tomo_volume_denoiser *d, int n, tomo_slice **slices)
+{
+    for (int i = 0; d->window && i < n; i++)
+        tomo_slice_unref(d->window[i]);
+    free(d->window);
+    d->window = slices;
+}
+
 /*
- * slices[k * C + c] = split k at slice reflect(z - context + c), through the cache tiers and
- * the engine. On failure every reference taken is released.
+ * slices[k * C + c] = split k at slice reflect(z - context + c), from the window, the cache
+ * tiers or the engine. On failure every reference taken is released.
  */
 static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_error *err)
 {
@@ -1112,22 +1136,24 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
     gather_slot *slots = malloc((size_t)n * sizeof *slots);
     if (!slots)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
-    gather g = {.remaining = n, .slices = slices};
+    gather g = {.remaining = 0, .slices = slices};
     tomo_error_clear(&g.err);
     pthread_mutex_init(&g.lock, NULL);
     pthread_cond_init(&g.cond, NULL);
     for (int i = 0; i < n; i++) {
-        slices[i] = NULL;
+        int k = i / C, zz = tomo_model_reflect(z - context + i % C, n_slices);
+        slices[i] = window_find(d, n, tomo_volume_split_variant(vol, k), zz);
         slots[i] = (gather_slot){&g, i};
+        g.remaining += slices[i] == NULL;
     }
     /* While the engine lives: tomo_volume_stop sets `stopping` under this lock first. */
     pthread_mutex_lock(&d->issue_lock);
     int stopping = d->stopping;
-    for (int k = 0; k < K && !stopping; k++)
-        for (int c = 0; c < C; c++)
-            tomo_volume_get(vol, tomo_volume_split_variant(vol, k),
-                            tomo_model_reflect(z - context + c, n_slices), gather_done,
-                            &slots[k * C + c]);
+    for (int i = 0; i < n && !stopping; i++)
+        if (!slices[i])
+            tomo_volume_get(vol, tomo_volume_split_variant(vol, i / C),
+                            tomo_model_reflect(z - context + i % C, n_slices), gather_done,
+                            &slots[i]);
     pthread_mutex_unlock(&d->issue_lock);
     pthread_mutex_lock(&g.lock);
     while (!stopping && g.remaining > 0)
@@ -1196,8 +1222,8 @@ static int denoise_one(tomo_volume *vol, int z, tomo_slice **out, tomo_error *er
     for (int i = 0; i < n; i++)
         inputs[i] = slices[i]->pixels;
     rc = tomo_n2i_denoise_slice(d->n2i, inputs, d->mask, slice->pixels, err);
-    for (int i = 0; i < n; i++)
-        tomo_slice_unref(slices[i]);
+    window_replace(d, n, slices);
+    slices = NULL;
 out:
     free(slices);
     free(inputs);
@@ -1749,6 +1775,8 @@ static void free_denoiser(struct tomo_volume_denoiser *d)
 {
     if (!d)
         return;
+    if (d->n2i)
+        window_replace(d, tomo_n2i_inputs(d->n2i), NULL);
     tomo_n2i_destroy(d->n2i);
     tomo_model_free(d->model);
     free(d->mask);
