@@ -1124,9 +1124,35 @@ static void window_replace(struct tomo_volume_denoiser *d, int n, tomo_slice **s
     d->window = slices;
 }
 
+/* The executor, made at the first slice so that a mount nobody denoises with costs nothing. */
+static int denoiser_ready(tomo_volume *vol, tomo_error *err)
+{
+    struct tomo_volume_denoiser *d = vol->denoiser;
+    if (!d->n2i && !d->n2i_error.code) {
+        tomo_n2i_config cfg;
+        tomo_n2i_config_default(&cfg);
+        cfg.device = vol->opts.device == TOMO_DEVICE_CPU    ? TOMO_UNET_DEVICE_CPU
+                     : vol->opts.device == TOMO_DEVICE_AUTO ? TOMO_UNET_DEVICE_AUTO
+                                                            : vol->opts.device;
+        cfg.threads = vol->opts.threads;
+        cfg.exact = vol->opts.precision == TOMO_PRECISION_EXACT;
+        cfg.cancel = &d->cancel;
+        if (tomo_n2i_create(d->model, vol->variants[vol->denoised_variant].size, &cfg, &d->n2i,
+                            &d->n2i_error) == 0)
+            tomo_log_info("denoised/: %s", tomo_n2i_backend(d->n2i));
+        else
+            tomo_log_error("denoised/: %s", d->n2i_error.message);
+    }
+    if (!d->n2i)
+        return tomo_error_set(err, d->n2i_error.code, "%s", d->n2i_error.message);
+    return 0;
+}
+
 /*
  * slices[k * C + c] = split k at slice reflect(z - context + c), from the window, the cache
- * tiers or the engine. On failure every reference taken is released.
+ * tiers or the engine. The network's executor is made (denoiser_ready) while the engine
+ * reconstructs them: at the first slice that is cuDNN's start and the GPU's memory, seconds
+ * that would otherwise come on top. On failure every reference taken is released.
  */
 static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_error *err)
 {
@@ -1155,6 +1181,9 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
                             tomo_model_reflect(z - context + i % C, n_slices), gather_done,
                             &slots[i]);
     pthread_mutex_unlock(&d->issue_lock);
+    tomo_error ready_err;
+    tomo_error_clear(&ready_err);
+    int ready = stopping ? 0 : denoiser_ready(vol, &ready_err);
     pthread_mutex_lock(&g.lock);
     while (!stopping && g.remaining > 0)
         pthread_cond_wait(&g.cond, &g.lock);
@@ -1167,6 +1196,8 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
         rc = tomo_error_set(err, TOMO_E_CANCELLED, "the filesystem is shutting down");
     else if (g.err.code)
         rc = tomo_error_set(err, g.err.code, "split reconstruction: %s", g.err.message);
+    else if (ready < 0)
+        rc = tomo_error_set(err, ready_err.code, "%s", ready_err.message);
     if (rc < 0)
         for (int i = 0; i < n; i++) {
             tomo_slice_unref(slices[i]);
@@ -1175,39 +1206,13 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
     return rc;
 }
 
-/* The executor, made at the first slice so that a mount nobody denoises with costs nothing. */
-static int denoiser_ready(tomo_volume *vol, tomo_error *err)
-{
-    struct tomo_volume_denoiser *d = vol->denoiser;
-    if (!d->n2i && !d->n2i_error.code) {
-        tomo_n2i_config cfg;
-        tomo_n2i_config_default(&cfg);
-        cfg.device = vol->opts.device == TOMO_DEVICE_CPU    ? TOMO_UNET_DEVICE_CPU
-                     : vol->opts.device == TOMO_DEVICE_AUTO ? TOMO_UNET_DEVICE_AUTO
-                                                            : vol->opts.device;
-        cfg.threads = vol->opts.threads;
-        cfg.exact = vol->opts.precision == TOMO_PRECISION_EXACT;
-        cfg.cancel = &d->cancel;
-        if (tomo_n2i_create(d->model, vol->variants[vol->denoised_variant].size, &cfg, &d->n2i,
-                            &d->n2i_error) == 0)
-            tomo_log_info("denoised/: %s", tomo_n2i_backend(d->n2i));
-        else
-            tomo_log_error("denoised/: %s", d->n2i_error.message);
-    }
-    if (!d->n2i)
-        return tomo_error_set(err, d->n2i_error.code, "%s", d->n2i_error.message);
-    return 0;
-}
-
 /* Computes slice z of denoised/. */
 static int denoise_one(tomo_volume *vol, int z, tomo_slice **out, tomo_error *err)
 {
     struct tomo_volume_denoiser *d = vol->denoiser;
     *out = NULL;
-    int rc = denoiser_ready(vol, err);
-    if (rc < 0)
-        return rc;
-    int n = tomo_n2i_inputs(d->n2i);
+    int rc;
+    int n = d->model->split.k * (2 * d->model->split.context + 1);
     tomo_slice **slices = calloc((size_t)n, sizeof *slices);
     const float **inputs = calloc((size_t)n, sizeof *inputs);
     tomo_slice *slice =
