@@ -304,6 +304,52 @@ print("RESULT " + json.dumps(res))
 '''
 
 
+PVPYTHON_NRRD_SCRIPT = r'''
+import json, sys
+import numpy as np
+from paraview.simple import OpenDataFile
+from paraview import servermanager
+from vtk.util.numpy_support import vtk_to_numpy
+
+reader = OpenDataFile(sys.argv[1])
+reader.UpdatePipeline()
+data = servermanager.Fetch(reader)
+scalars = data.GetPointData().GetScalars()
+nx, ny, nz = data.GetDimensions()
+np.save(sys.argv[2], vtk_to_numpy(scalars).reshape(nz, ny, nx))
+print("RESULT " + json.dumps({"reader": reader.GetXMLName(), "dims": [nx, ny, nz],
+                              "spacing": data.GetSpacing(),
+                              "type": scalars.GetDataTypeAsString()}))
+'''
+
+
+def paraview_volume_check(tmp, scan):
+    def volume_file():
+        script = os.path.join(tmp, "paraview_nrrd.py")
+        with open(script, "w") as f:
+            f.write(PVPYTHON_NRRD_SCRIPT)
+        out = os.path.join(tmp, "paraview_nrrd.npy")
+        with Mount(scan, "-o", f"pixel_um={PIXEL_UM},cache=none") as m:
+            p = run_client(["pvpython", script, m.path("volumes", "slices.nrrd"), out])
+            lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+            assert p.returncode == 0 and lines, f"pvpython failed ({p.returncode}):\n" \
+                                                f"{p.stdout}\n{p.stderr}"
+            res = json.loads(lines[-1][7:])
+            served = np.stack([read_tiff(m.path("slices", f"slice_{z:05d}.tif"))
+                               for z in range(ROWS)])
+        assert res["dims"] == [WIDTH, WIDTH, ROWS] and res["type"] == "float", res
+        volume = np.load(out)
+        # NRRD's axes run x fastest, like the slice files: the same samples in the same order
+        assert np.array_equal(volume, served), "volumes/slices.nrrd differs from the slices"
+        for s in res["spacing"]:
+            assert abs(s - PIXEL_UM) < 1e-6 * PIXEL_UM or abs(s - PIXEL_UM / 1000) < 1e-9, \
+                res["spacing"]
+        print(f"     ParaView ({res['reader']}) opens volumes/slices.nrrd as one "
+              f"{res['dims']} float32 image at spacing {res['spacing'][0]:.6g}")
+
+    return volume_file
+
+
 def parse_status(text):
     return dict(line.split(": ", 1) for line in text.splitlines())
 
@@ -703,6 +749,9 @@ def main():
     check_with(r, [("pvpython", "python3-paraview")],
                "ParaView: file series and image stack, float32, spacing, laziness",
                paraview_checks(tmp, scan))
+    check_with(r, [("pvpython", "python3-paraview")],
+               "ParaView: volumes/slices.nrrd opens as one 3D float32 image equal to the slices",
+               paraview_volume_check(tmp, scan))
     file_command, cp_tar_tifffile, rsync_checks = shell_checks(tmp, scan, exported)
     check_with(r, [("file", "file")], "file names a little-endian TIFF", file_command)
     r.check("cp -r, tar (no 'file changed' warning), tifffile memory mapping", cp_tar_tifffile)
