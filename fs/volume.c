@@ -1340,6 +1340,7 @@ int tomo_volume_start(tomo_volume *vol, tomo_error *err)
         config.max_chunk = vol->opts.max_chunk;
     config.device = vol->opts.device;
     config.precision = vol->opts.precision;
+    config.gpu_at_first_use = vol->opts.gpu_at_first_use;
     tomo_engine_sink sink = {vol, sink_store, sink_lookup};
     int rc =
         tomo_engine_create(vol->scan, variants, vol->n_variants, &config, &sink, &vol->engine, err);

@@ -29,6 +29,7 @@ typedef struct tomo_volume_options {
     uint64_t ram_cache_bytes; /* RAM tier budget */
     char cache_dir[4096];     /* disk tier folder; empty = default (absolute once opened) */
     int cache_off;            /* 1: no disk tier (-o cache=none) */
+    int gpu_at_first_use;     /* 1: GPU buffers taken per folder when first used (export) */
     uint64_t cache_bytes;     /* disk tier capacity */
     int cache_level;          /* zstd level of the disk tier */
     int threads;              /* CPU threads, 0 = all */

@@ -1206,7 +1206,7 @@ int tomo_engine_create(const tomo_scan *scan, const tomo_recon_params *variants,
     if (rc < 0)
         goto fail;
     /* GPU memory is taken now, so the first read does not wait for it (splits: at first use) */
-    for (int v = 0; v < n_variants && engine->gpu >= 0; v++)
+    for (int v = 0; v < n_variants && engine->gpu >= 0 && !engine->config.gpu_at_first_use; v++)
         if (engine->variants[v].params.split_count <= 1 &&
             gpu_takes(engine, &engine->variants[v], 1))
             start_gpu(engine, &engine->variants[v]);

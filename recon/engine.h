@@ -128,6 +128,12 @@ typedef struct tomo_engine_config {
      * buffer, up to memory_limit), -1 never.
      */
     int read_ahead;
+    /*
+     * 0: every folder's GPU buffers are taken when the engine starts, so that a mount's first
+     * read does not wait for them; 1: at a folder's first chunk, for tools that compute one
+     * folder (export), which then do not pay for the others'.
+     */
+    int gpu_at_first_use;
 } tomo_engine_config;
 
 #define TOMO_DEVICE_AUTO (-1) /* the first CUDA device if there is one, else the CPU */

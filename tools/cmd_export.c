@@ -263,6 +263,8 @@ int tomo_cmd_export(int argc, char **argv)
     tomo_volume_options_default(&opts);
     /* a whole-volume export would flush what users browse out of the cache; -o cache= opts in */
     opts.cache_off = 1;
+    /* only the exported folder's GPU pipeline is set up */
+    opts.gpu_at_first_use = 1;
     const char *variant_name = "slices", *range = NULL;
     int chunk = 0, as_volume = 0;
     static const struct option long_opts[] = {
