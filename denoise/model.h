@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #include "../common/error.h"
-#include "rng.h"
+#include "../common/rng.h"
 #include "unet.h"
 
 #define TOMO_MODEL_FORMAT_VERSION 1

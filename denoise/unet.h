@@ -37,7 +37,7 @@
 #include <stdint.h>
 
 #include "../common/error.h"
-#include "rng.h"
+#include "../common/rng.h"
 
 #define TOMO_UNET_MAX_LEVELS 6
 

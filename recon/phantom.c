@@ -360,52 +360,6 @@ double tomo_phantom_edge_distance(const tomo_phantom *ph, int z, int h, int v)
 
 /* ---- random numbers ---- */
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += UINT64_C(0x9e3779b97f4a7c15));
-    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-    return z ^ (z >> 31);
-}
-
-void tomo_rng_seed(tomo_rng *rng, uint64_t a, uint64_t b, uint64_t c)
-{
-    /* chain the words through the mixer so that (a, b, c) and, say, (b, a, c) differ */
-    uint64_t x = a;
-    uint64_t k = splitmix64(&x);
-    x = k ^ b;
-    k = splitmix64(&x);
-    x = k ^ c;
-    for (int i = 0; i < 4; i++)
-        rng->s[i] = splitmix64(&x);
-    if (!(rng->s[0] | rng->s[1] | rng->s[2] | rng->s[3]))
-        rng->s[0] = 1; /* the one state xoshiro cannot leave */
-}
-
-static inline uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-uint64_t tomo_rng_next(tomo_rng *rng)
-{
-    uint64_t *s = rng->s;
-    uint64_t result = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-double tomo_rng_uniform(tomo_rng *rng)
-{
-    return (double)(tomo_rng_next(rng) >> 11) * 0x1.0p-53;
-}
-
 /* ln(k!) for integer k >= 0: a table, then Stirling's series (error below 1e-12 from k = 10). */
 static double log_factorial(double k)
 {

@@ -18,6 +18,8 @@
 
 #include <stdint.h>
 
+#include "../common/rng.h"
+
 #define TOMO_PHANTOM_MAX_ELLIPSOIDS 16
 
 typedef struct tomo_ellipsoid {
@@ -67,22 +69,10 @@ double tomo_phantom_edge_distance(const tomo_phantom *ph, int z, int h, int v);
 /* ---- random numbers for simulated detector noise ---- */
 
 /*
- * A xoshiro256** generator (period 2^256 - 1). Streams are cheap to make, so a simulation
- * seeds one per (seed, frame, row) and its output then does not depend on which thread
- * computes what.
+ * The generator is common/rng.h's. Streams are cheap to make, so a simulation seeds one per
+ * (seed, frame, row) with tomo_rng_seed_words() and its output then does not depend on which
+ * thread computes what.
  */
-typedef struct tomo_rng {
-    uint64_t s[4];
-} tomo_rng;
-
-/* Seeds *rng from three words (through splitmix64); different triples give unrelated streams. */
-void tomo_rng_seed(tomo_rng *rng, uint64_t a, uint64_t b, uint64_t c);
-
-/* The next 64 random bits. */
-uint64_t tomo_rng_next(tomo_rng *rng);
-
-/* A uniform double in [0, 1), 53 random bits. */
-double tomo_rng_uniform(tomo_rng *rng);
 
 /*
  * A Poisson-distributed count (an integer value) of mean `mean`; 0 when mean <= 0. Exact for

@@ -301,7 +301,7 @@ static int make_rings(sim *s)
         return -1;
     }
     tomo_rng rng;
-    tomo_rng_seed(&rng, s->o->seed, UINT64_C(0x72696e6773), 0);
+    tomo_rng_seed_words(&rng, s->o->seed, UINT64_C(0x72696e6773), 0);
     for (int x = 0; x < w; x++)
         perm[x] = x;
     for (int i = 0; i < n; i++) {
@@ -332,7 +332,7 @@ static void frame_row(void *arg, int z, int slot)
         tomo_phantom_project(&s->ph, z, s->theta, p);
     tomo_rng rng;
     if (o->photons > 0)
-        tomo_rng_seed(&rng, o->seed, (uint64_t)s->number, (uint64_t)z);
+        tomo_rng_seed_words(&rng, o->seed, (uint64_t)s->number, (uint64_t)z);
     double level = s->base * s->drift;
     for (int x = 0; x < w; x++) {
         double i0 = level * (0.85 + 0.15 * s->profile_x[x] * s->profile_z[z]);

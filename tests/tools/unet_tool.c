@@ -31,7 +31,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "../../denoise/rng.h"
+#include "../../common/rng.h"
 #include "../../denoise/unet.h"
 #include "../../denoise/unet_exec.h"
 

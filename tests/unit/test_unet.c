@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../denoise/rng.h"
+#include "../../common/rng.h"
 #include "../../denoise/unet.h"
 #include "../../denoise/unet_exec.h"
 #include "check.h"

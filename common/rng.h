@@ -1,7 +1,8 @@
 /*
- * denoise/rng.h - the random numbers of training: weight initialisation, patch positions,
- * flips. A small generator whose whole state (four 64-bit words) goes into checkpoints, so a
- * resumed run draws exactly the numbers an uninterrupted run would have drawn.
+ * common/rng.h - reproducible random numbers: the phantom's noise and ring columns, and
+ * training's weight initialisation, patch positions and flips. A small generator whose whole
+ * state (four 64-bit words) can be saved, so a resumed training run draws exactly the numbers
+ * an uninterrupted run would have drawn, and the same on every machine.
  *
  * Algorithm: xoshiro256** (Blackman and Vigna), seeded through splitmix64.
  */
@@ -28,6 +29,23 @@ static inline void tomo_rng_seed(tomo_rng *rng, uint64_t seed)
 {
     for (int i = 0; i < 4; i++)
         rng->s[i] = tomo_rng_splitmix64(&seed);
+}
+
+/*
+ * Seeds from three words, chained through the mixer so that different triples, (a, b, c) and
+ * (b, a, c) say, give unrelated streams: one stream per (seed, frame, row), for example.
+ */
+static inline void tomo_rng_seed_words(tomo_rng *rng, uint64_t a, uint64_t b, uint64_t c)
+{
+    uint64_t x = a;
+    uint64_t k = tomo_rng_splitmix64(&x);
+    x = k ^ b;
+    k = tomo_rng_splitmix64(&x);
+    x = k ^ c;
+    for (int i = 0; i < 4; i++)
+        rng->s[i] = tomo_rng_splitmix64(&x);
+    if (!(rng->s[0] | rng->s[1] | rng->s[2] | rng->s[3]))
+        rng->s[0] = 1; /* the one state xoshiro cannot leave */
 }
 
 static inline uint64_t tomo_rng_rotl(uint64_t x, int k)
