@@ -229,12 +229,15 @@ typedef struct tomo_store_verify_report {
 
 /*
  * Decodes and checks every chunk of every slice, and the totals. Each problem is passed to
- * `problem` as one line (may be NULL). With `repair`, bad slices and orphan chunks are deleted
- * and the totals recomputed. Reads in short transactions, so mounts using the store are not
- * held up; it needs no background threads.
+ * `problem` as one line (may be NULL). `progress` (may be NULL) is called after every slice
+ * checked with the number checked and the number the totals record (a guide for progress
+ * bars: the walk may find more). With `repair`, bad slices and orphan chunks are deleted and
+ * the totals recomputed. Reads in short transactions, so mounts using the store are not held
+ * up; it needs no background threads.
  */
 int tomo_store_verify(tomo_store *store, int repair, void (*problem)(void *ctx, const char *line),
-                      void *ctx, tomo_store_verify_report *report, tomo_error *err);
+                      void (*progress)(void *ctx, uint64_t checked, uint64_t total), void *ctx,
+                      tomo_store_verify_report *report, tomo_error *err);
 
 /*
  * Deletes every slice, chunk and variant record and resets the totals, in one transaction

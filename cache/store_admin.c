@@ -161,6 +161,8 @@ static void key_list_add(key_list *l, const void *key, size_t len)
 typedef struct verify_walk {
     tomo_store_verify_report *report;
     void (*problem)(void *ctx, const char *line);
+    void (*progress)(void *ctx, uint64_t checked, uint64_t total);
+    uint64_t total; /* slices the totals record */
     void *ctx;
     unsigned char *buf;
     size_t buf_cap;
@@ -193,6 +195,8 @@ static int verify_slice(tomo_store *s, MDB_txn *txn, const MDB_val *k, const MDB
 {
     verify_walk *w = ctx;
     w->report->slices++;
+    if (w->progress)
+        w->progress(w->ctx, w->report->slices, w->total);
     slice_record rec;
     if (k->mv_size != SLICE_KEY_BYTES) {
         w->report->bad_slices++;
@@ -355,10 +359,20 @@ static int check_totals(tomo_store *s, int *ok)
 }
 
 int tomo_store_verify(tomo_store *s, int do_repair, void (*problem_fn)(void *ctx, const char *line),
-                      void *ctx, tomo_store_verify_report *report, tomo_error *err)
+                      void (*progress_fn)(void *ctx, uint64_t checked, uint64_t total), void *ctx,
+                      tomo_store_verify_report *report, tomo_error *err)
 {
     memset(report, 0, sizeof *report);
-    verify_walk w = {.report = report, .problem = problem_fn, .ctx = ctx};
+    verify_walk w = {.report = report, .problem = problem_fn, .progress = progress_fn, .ctx = ctx};
+    if (progress_fn) {
+        MDB_txn *txn;
+        tomo_store_totals totals;
+        if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
+            if (store_totals_load(s, txn, &totals) == 0)
+                w.total = totals.slices;
+            mdb_txn_abort(txn);
+        }
+    }
     int rc = walk(s, s->slices, 16, verify_slice, &w);
     if (rc == 0)
         rc = walk(s, s->chunks, 4096, verify_chunk, &w);

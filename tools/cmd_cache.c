@@ -7,6 +7,7 @@
 
 #include "../cache/store.h"
 #include "cmd.h"
+#include "progress.h"
 
 static const char cache_usage[] =
     "usage: tomofs cache stats|verify|clear [--cache DIR] [--delete]\n"
@@ -100,12 +101,26 @@ static void print_problem(void *ctx, const char *line)
     printf("damaged: %s\n", line);
 }
 
+static void show_progress(void *ctx, uint64_t checked, uint64_t total)
+{
+    tomo_progress *bar = ctx;
+    /* the totals are a guide: the walk may find more slices than they record */
+    long goal = (long)(checked > total ? checked : total);
+    if (bar->total < goal)
+        tomo_progress_start(bar, "verify", goal);
+    tomo_progress_update(bar, (long)checked, NULL);
+}
+
 static int run_verify(tomo_store *s, int repair)
 {
     tomo_store_verify_report r;
     tomo_error err;
     tomo_error_clear(&err);
-    if (tomo_store_verify(s, repair, print_problem, NULL, &r, &err) < 0) {
+    tomo_progress bar;
+    tomo_progress_start(&bar, "verify", 0);
+    int rc = tomo_store_verify(s, repair, print_problem, show_progress, &bar, &r, &err);
+    tomo_progress_finish(&bar, bar.total);
+    if (rc < 0) {
         fprintf(stderr, "tomofs: %s\n", err.message);
         return 1;
     }

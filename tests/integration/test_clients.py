@@ -575,6 +575,11 @@ def status_and_log_checks(tmp, scan):
         assert re.search(r"export \[#+\] 6/6 100%", out), out
         out = on_terminal("bench", scan, "--rows", 2, "--repeat", 2)
         assert re.search(r"bench \[#+\] 2/2 100%", out), out
+        cache = os.path.join(tmp, "pty-cache")
+        on_terminal("export", scan, os.path.join(tmp, "pty-export-cached"), "--range", "0:6",
+                    "-o", "cache=" + cache)
+        out = on_terminal("cache", "verify", "--cache", cache)
+        assert re.search(r"verify \[#+\] 6/6 100%", out), out
 
     return status_file, errors_in_status_and_log, progress_bars
 
@@ -764,7 +769,8 @@ def main():
     r.check("status: version, mount point, backend, queue, cache hits, errors", status_file)
     r.check("a failed read: status last_error and a log line naming the file",
             errors_in_status_and_log)
-    r.check("phantom, export and bench draw progress bars on a terminal", progress_bars)
+    r.check("phantom, export, bench and cache verify draw progress bars on a terminal",
+            progress_bars)
     r.finish()
 
 

@@ -434,7 +434,7 @@ static void test_capacity_holds_under_churn(void)
     CHECK_INT(is_hit(s, h, 5, 256), 1); /* the slice read all along survived */
     CHECK_INT(is_hit(s, h, 6, 256), 0); /* its neighbour, never read, did not */
     tomo_store_verify_report r;
-    CHECK(tomo_store_verify(s, 0, NULL, NULL, &r, NULL) == 0);
+    CHECK(tomo_store_verify(s, 0, NULL, NULL, NULL, &r, NULL) == 0);
     CHECK_INT(r.bad_slices + r.orphan_chunks + r.stale_entries, 0);
     CHECK(r.totals_ok);
     tomo_store_close(s);
@@ -493,7 +493,7 @@ static void test_two_processes_share_one_store(void)
     tomo_store_totals t = totals_of(s);
     CHECK_INT(t.slices, 40); /* each slice once, whoever stored it first */
     tomo_store_verify_report r;
-    CHECK(tomo_store_verify(s, 0, NULL, NULL, &r, NULL) == 0);
+    CHECK(tomo_store_verify(s, 0, NULL, NULL, NULL, &r, NULL) == 0);
     CHECK_INT(r.bad_slices + r.orphan_chunks + r.stale_entries, 0);
     CHECK(r.totals_ok);
     tomo_store_close(s);
@@ -527,14 +527,14 @@ static void test_verify_repairs_and_clear_empties(void)
     CHECK(tomo_store_open(&cfg, &s, NULL) == 0);
     tomo_store_verify_report r;
     int lines = 0;
-    CHECK(tomo_store_verify(s, 0, count_line, &lines, &r, NULL) == 0);
+    CHECK(tomo_store_verify(s, 0, count_line, NULL, &lines, &r, NULL) == 0);
     CHECK_INT(r.slices, 4);
     CHECK_INT(r.bad_slices, 1);
     CHECK_INT(lines, 1);
-    CHECK(tomo_store_verify(s, 1, NULL, NULL, &r, NULL) == 0);
+    CHECK(tomo_store_verify(s, 1, NULL, NULL, NULL, &r, NULL) == 0);
     CHECK_INT(r.deleted, 1);
     CHECK(r.totals_ok);
-    CHECK(tomo_store_verify(s, 0, NULL, NULL, &r, NULL) == 0);
+    CHECK(tomo_store_verify(s, 0, NULL, NULL, NULL, &r, NULL) == 0);
     CHECK_INT(r.slices, 3);
     CHECK_INT(r.bad_slices, 0);
     tomo_store_totals before, after;
