@@ -406,6 +406,8 @@ static char *status_text(fs_state *st, size_t *len)
         "last_error: %s\n"
         "busy_seconds: %.3f\n"
         "read_seconds: %.3f\n"
+        "read_ahead_used: %llu\n"
+        "read_ahead_dropped: %llu\n"
         "ram_entries: %llu\n"
         "ram_bytes: %llu\n"
         "ram_capacity: %llu\n"
@@ -417,6 +419,7 @@ static char *status_text(fs_state *st, size_t *len)
         (unsigned long long)es.requests, (unsigned long long)es.queued,
         (unsigned long long)es.joined, (unsigned long long)es.chunks, (unsigned long long)es.slices,
         (unsigned long long)es.errors, last_error, es.busy_seconds, es.read_seconds,
+        (unsigned long long)es.read_ahead_used, (unsigned long long)es.read_ahead_dropped,
         (unsigned long long)rs.entries, (unsigned long long)rs.bytes,
         (unsigned long long)rs.capacity, (unsigned long long)rs.hits, (unsigned long long)rs.misses,
         (unsigned long long)rs.evictions);
