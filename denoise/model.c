@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../common/hash.h"
+#include "../common/io.h"
 #include "png.h"
 
 static const char model_magic[16] = {'T', 'O', 'M', 'O', 'F', 'S', '-', 'N',
@@ -517,22 +518,14 @@ static int read_whole(const char *path, unsigned char **out, size_t *len, tomo_e
         close(fd);
         return tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory for a %zu-byte model", path, n);
     }
-    size_t got = 0;
-    while (got < n) {
-        ssize_t k = read(fd, buf + got, n - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            return tomo_error_set(err, TOMO_E_IO, "%s: cannot read the model: %s", path,
-                                  strerror(e));
-        }
-        if (k == 0)
-            break;
-        got += (size_t)k;
+    ssize_t k = tomo_pread_full(fd, buf, n, 0);
+    if (k < 0) {
+        int e = errno;
+        free(buf);
+        close(fd);
+        return tomo_error_set(err, TOMO_E_IO, "%s: cannot read the model: %s", path, strerror(e));
     }
+    size_t got = (size_t)k;
     close(fd);
     *out = buf;
     *len = got;

@@ -1096,20 +1096,6 @@ static int probe_reads(const tomo_scan *scan, tomo_error *err)
     return rc;
 }
 
-static void write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        p += w;
-        len -= (size_t)w;
-    }
-}
-
 static _Noreturn void probe_child(int fd, const char *path, tomo_h5_open_fn open_fn, pid_t parent,
                                   int timeout)
 {
@@ -1132,7 +1118,7 @@ static _Noreturn void probe_child(int fd, const char *path, tomo_h5_open_fn open
         rep.code = e.code != TOMO_OK ? e.code : -rc;
         snprintf(rep.message, sizeof rep.message, "%s", e.message);
     }
-    write_all(fd, &rep, sizeof rep);
+    (void)tomo_write_full(fd, &rep, sizeof rep); /* a failure reads as a dead child */
     /* No cleanup: the parent only needs the verdict, and _exit skips HDF5's exit handlers. */
     _exit(rc == 0 ? 0 : PROBE_FAILED);
 }

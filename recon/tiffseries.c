@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../common/hash.h"
+#include "../common/io.h"
 #include "tiffframe.h"
 
 #define TS_PATH_MAX 4096
@@ -498,19 +499,12 @@ static int read_angles(ts_open *o, tomo_error *err)
         rc = tomo_error_set(err, TOMO_E_NOMEM, "%s: out of memory", path);
         goto out;
     }
-    while (o->angles_len < (size_t)st.st_size) {
-        ssize_t got = pread(fd, o->angles_text + o->angles_len, (size_t)st.st_size - o->angles_len,
-                            (off_t)o->angles_len);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            rc = tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", path, strerror(errno));
-            goto out;
-        }
-        if (got == 0)
-            break;
-        o->angles_len += (size_t)got;
+    ssize_t got = tomo_pread_full(fd, o->angles_text, (size_t)st.st_size, 0);
+    if (got < 0) {
+        rc = tomo_error_set(err, TOMO_E_IO, "%s: read failed: %s", path, strerror(errno));
+        goto out;
     }
+    o->angles_len = (size_t)got;
     rc = tomo_angles_parse(path, o->angles_text, o->angles_len, &o->angles, &o->n_angles, err);
     if (rc == 0)
         rc =

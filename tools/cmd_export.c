@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/io.h"
 #include "cmd.h"
 #include "options.h"
 #include "progress.h"
@@ -26,22 +27,6 @@ static const char export_usage[] =
     "  --chunk N        slices reconstructed together (default: as memory allows, up to 32)\n"
     "\n";
 
-static int write_all(int fd, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /*
  * Writes `len` bytes to dir/name through a temporary name, so a partial file is never left.
  * Write-back to the disk starts at once: otherwise the kernel would hold gigabytes of dirty
@@ -58,7 +43,7 @@ static int write_file(const char *dir, const char *name, const void *a, size_t a
         fprintf(stderr, "\ntomofs: %s: %s\n", tmp, strerror(errno));
         return -1;
     }
-    if (write_all(fd, a, alen) < 0 || (b && write_all(fd, b, blen) < 0) ||
+    if (tomo_write_full(fd, a, alen) < 0 || (b && tomo_write_full(fd, b, blen) < 0) ||
         (sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 && errno != EINVAL &&
          errno != ENOSYS && errno != ESPIPE)) {
         fprintf(stderr, "\ntomofs: %s: %s\n", tmp, strerror(errno));
@@ -93,23 +78,6 @@ typedef struct writer {
     tomo_progress progress;
 } writer;
 
-static int pwrite_all(int fd, const void *data, size_t len, uint64_t offset)
-{
-    const unsigned char *p = data;
-    while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, (off_t)offset);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return 0;
-}
-
 /*
  * Writes one slice: as its own file, or into the volume file at its place. Float samples are
  * written from the slice; uint16 samples are converted into a buffer first.
@@ -140,8 +108,8 @@ static int write_slice(writer *w, const tomo_slice *slice, unsigned char *header
     }
     int rc;
     if (w->volume_fd >= 0) {
-        rc = pwrite_all(w->volume_fd, data, data_bytes,
-                        TOMO_NRRD_HEADER_BYTES + (uint64_t)slice->z * data_bytes);
+        rc = tomo_pwrite_full(w->volume_fd, data, data_bytes,
+                              (int64_t)(TOMO_NRRD_HEADER_BYTES + (uint64_t)slice->z * data_bytes));
         if (rc < 0)
             fprintf(stderr, "\ntomofs: %s/%s: %s\n", w->outdir, var->volume_name, strerror(errno));
     } else {
@@ -367,7 +335,7 @@ int tomo_cmd_export(int argc, char **argv)
             goto out;
         }
         volume_fd = open(volume_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (volume_fd < 0 || pwrite_all(volume_fd, header, sizeof header, 0) < 0 ||
+        if (volume_fd < 0 || tomo_pwrite_full(volume_fd, header, sizeof header, 0) < 0 ||
             ftruncate(volume_fd, (off_t)var->volume_size) < 0) {
             fprintf(stderr, "tomofs: %s: %s\n", volume_tmp, strerror(errno));
             if (volume_fd >= 0) {
