@@ -289,8 +289,7 @@ static tomo_volume_variant *add_variant(tomo_volume *vol, const char *name,
     var->params = *params;
     tomo_recon_params_text(params, var->params_text, sizeof var->params_text);
     set_key(vol, var);
-    var->size = tomo_recon_slice_size(vol->scan, params);
-    var->file_size = tomo_tiff_file_size(var->size, var->size);
+    var->size = tomo_recon_slice_size(vol->scan, params); /* files: setup_outputs() */
     return var;
 }
 
@@ -540,9 +539,8 @@ static int setup_outputs(tomo_volume *vol, tomo_error *err)
         var->volume_size = 0;
         if (!var->hidden && p->sweep.count == 0) {
             snprintf(var->volume_name, sizeof var->volume_name, "%s.nrrd", var->name);
-            var->volume_size = TOMO_NRRD_HEADER_BYTES + (uint64_t)var->size * (uint64_t)var->size *
-                                                            (uint64_t)var->n_slices *
-                                                            tomo_sample_bytes(var->dtype);
+            var->volume_size = tomo_nrrd_file_size(&(tomo_nrrd_info){
+                .sizes = {var->size, var->size, var->n_slices}, .sample = var->dtype});
         }
     }
     return 0;
