@@ -434,6 +434,26 @@ void tomo_volume_auto_range(float *values, size_t n, double *lo, double *hi)
 }
 
 /*
+ * The reconstruction circle of S x S slices of pixel `bin` from a detector N columns wide, axis
+ * at `center`, as recon/backproject.h defines it: 1 inside, 0 outside. NULL when out of memory.
+ */
+static unsigned char *circle_mask(int N, int S, int bin, double center)
+{
+    double r = fmin(center, (double)(N - 1) - center);
+    unsigned char *mask = malloc((size_t)S * (size_t)S);
+    if (!mask)
+        return NULL;
+    for (int v = 0; v < S; v++) {
+        double y = 0.5 * N - (v + 0.5) * bin;
+        for (int h = 0; h < S; h++) {
+            double x = (h + 0.5) * bin - 0.5 * N;
+            mask[(size_t)v * S + h] = x * x + y * y <= r * r;
+        }
+    }
+    return mask;
+}
+
+/*
  * The automatic range of a mount: from 5 slices of slices/ spread evenly over the volume
  * (the centres of five equal parts), reconstructed on the CPU on a coarser grid (the
  * smallest multiple of bin that divides the width and gives at most 512 pixels; the values
@@ -454,10 +474,13 @@ static int sample_range(tomo_volume *vol, double *lo, double *hi, tomo_error *er
         }
     p.bin = b;
     int S = N / b, count = tomo_recon_slice_count(scan, &p), K = count < 5 ? count : 5;
-    double r = fmin(p.center, N - 1 - p.center);
     float *values = malloc((size_t)K * (size_t)S * (size_t)S * sizeof *values);
-    if (!values)
+    unsigned char *inside = circle_mask(N, S, b, p.center);
+    if (!values || !inside) {
+        free(values);
+        free(inside);
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory sampling the uint16 range");
+    }
     tomo_engine_config cfg;
     tomo_engine_config_default(&cfg);
     cfg.device = TOMO_DEVICE_CPU;
@@ -471,14 +494,9 @@ static int sample_range(tomo_volume *vol, double *lo, double *hi, tomo_error *er
         rc = tomo_engine_compute(engine, 0, z, 1, &slice, err);
         if (rc < 0)
             break;
-        for (int v = 0; v < S; v++) {
-            double y = 0.5 * N - (v + 0.5) * b;
-            for (int h = 0; h < S; h++) {
-                double x = (h + 0.5) * b - 0.5 * N;
-                if (x * x + y * y <= r * r)
-                    values[n++] = slice->pixels[(size_t)v * S + h];
-            }
-        }
+        for (size_t i = 0; i < (size_t)S * (size_t)S; i++)
+            if (inside[i])
+                values[n++] = slice->pixels[i];
         tomo_slice_unref(slice);
     }
     tomo_engine_destroy(engine);
@@ -488,6 +506,7 @@ static int sample_range(tomo_volume *vol, double *lo, double *hi, tomo_error *er
                       *lo, *hi, K);
     }
     free(values);
+    free(inside);
     return rc < 0 ? rc : 0;
 }
 
@@ -1280,29 +1299,11 @@ static void *denoise_main(void *arg)
     return NULL;
 }
 
-/* The reconstruction circle of the base variant, as recon/backproject.h defines it. */
-static unsigned char *circle_mask(const tomo_volume *vol, const tomo_volume_variant *var)
-{
-    int S = var->size, N = vol->scan->width, b = var->params.bin;
-    double c = var->params.center;
-    double r = fmin(c, (double)(N - 1) - c);
-    unsigned char *mask = malloc((size_t)S * (size_t)S);
-    if (!mask)
-        return NULL;
-    for (int v = 0; v < S; v++) {
-        double y = 0.5 * N - (v + 0.5) * b;
-        for (int h = 0; h < S; h++) {
-            double x = (h + 0.5) * b - 0.5 * N;
-            mask[(size_t)v * S + h] = x * x + y * y <= r * r;
-        }
-    }
-    return mask;
-}
-
 static int start_denoiser(tomo_volume *vol, tomo_error *err)
 {
     struct tomo_volume_denoiser *d = vol->denoiser;
-    d->mask = circle_mask(vol, &vol->variants[vol->base_variant]);
+    const tomo_volume_variant *base = &vol->variants[vol->base_variant];
+    d->mask = circle_mask(vol->scan->width, base->size, base->params.bin, base->params.center);
     if (!d->mask)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
     pthread_mutex_lock(&d->lock);
