@@ -322,6 +322,37 @@ static int row_blocks(const cpu_exec *ex, int rows, size_t outer, int *block)
     return (rows + b - 1) / b;
 }
 
+/*
+ * The tasks of a forward-shaped product over n images of hw pixels: (image, pixel tile, block
+ * of output rows), the block varying fastest. Tiles suit a packed operand of `depth` rows.
+ */
+typedef struct tiling {
+    size_t hw;
+    int rows, tile, tiles, block, blocks;
+} tiling;
+
+/* Sets *t up and returns the number of tasks. */
+static int tiling_make(const cpu_exec *ex, size_t depth, size_t hw, int rows, int n, tiling *t)
+{
+    t->hw = hw;
+    t->rows = rows;
+    t->tile = tile_len(depth, hw);
+    t->tiles = (int)((hw + (size_t)t->tile - 1) / (size_t)t->tile);
+    t->blocks = row_blocks(ex, rows, (size_t)n * t->tiles, &t->block);
+    return n * t->tiles * t->blocks;
+}
+
+/* Task `task`: image *n, pixels [*p0, *p0 + *P), output rows [*r0, *r1). */
+static void tiling_task(const tiling *t, int task, int *n, size_t *p0, int *P, int *r0, int *r1)
+{
+    int b = task % t->blocks, tile = task / t->blocks % t->tiles;
+    *n = task / t->blocks / t->tiles;
+    *p0 = (size_t)tile * t->tile;
+    *P = (int)(t->hw - *p0 < (size_t)t->tile ? t->hw - *p0 : (size_t)t->tile);
+    *r0 = b * t->block;
+    *r1 = *r0 + t->block < t->rows ? *r0 + t->block : t->rows;
+}
+
 /* ---- Packing ------------------------------------------------------------------------------ */
 
 /*
@@ -512,21 +543,19 @@ typedef struct conv_job {
     tensor in, out;
     const float *w;             /* [out.c][in.c * 9] */
     const float *scale, *shift; /* NULL, or out = max(0, scale * conv + shift) per channel */
-    int tile, tiles, block, blocks;
+    tiling tiling;
 } conv_job;
 
 static void conv_fwd_task(void *arg, int task, int slot)
 {
     conv_job *j = arg;
-    int b = task % j->blocks, t = task / j->blocks % j->tiles, n = task / j->blocks / j->tiles;
-    size_t hw = plane(&j->in);
-    size_t p0 = (size_t)t * j->tile;
-    int P = (int)(hw - p0 < (size_t)j->tile ? hw - p0 : (size_t)j->tile);
+    int n, P, c0, c1;
+    size_t hw = plane(&j->in), p0;
+    tiling_task(&j->tiling, task, &n, &p0, &P, &c0, &c1);
     int K = j->in.c * 9;
     size_t ld = round_up((size_t)P, NR);
     float *col = slot_scratch(j->ex, slot);
     pack_im2col(&j->in, n, p0, P, 0, K, col, ld);
-    int c0 = b * j->block, c1 = c0 + j->block < j->out.c ? c0 + j->block : j->out.c;
     /* Rows of one call must lie in one part of the output. */
     while (c0 < c1) {
         int end = c0 < j->out.c0 && c1 > j->out.c0 ? j->out.c0 : c1;
@@ -547,12 +576,9 @@ static void conv_fwd_task(void *arg, int task, int slot)
 static void conv3x3(cpu_exec *ex, const tensor *in, const float *w, const tensor *out, int n,
                     const float *scale, const float *shift)
 {
-    conv_job j = {ex, *in, *out, w, scale, shift, 0, 0, 0, 0};
-    size_t hw = plane(in);
-    j.tile = tile_len((size_t)in->c * 9, hw);
-    j.tiles = (int)((hw + (size_t)j.tile - 1) / (size_t)j.tile);
-    j.blocks = row_blocks(ex, out->c, (size_t)n * j.tiles, &j.block);
-    run(ex, n * j.tiles * j.blocks, conv_fwd_task, &j);
+    conv_job j = {ex, *in, *out, w, scale, shift, {0}};
+    int tasks = tiling_make(ex, (size_t)in->c * 9, plane(in), out->c, n, &j.tiling);
+    run(ex, tasks, conv_fwd_task, &j);
 }
 
 /* ---- conv 3x3, weight gradient ------------------------------------------------------------ */
@@ -811,21 +837,20 @@ typedef struct up_job {
     const float *w, *bias; /* w: [ci][co * 4] */
     const float *wt;       /* forward: [co * 4][ci] */
     float *dw;             /* [ci][co * 4] */
-    int n, tile, tiles, block, blocks;
+    int n;
+    tiling tiling;
 } up_job;
 
 static void up_fwd_task(void *arg, int task, int slot)
 {
     up_job *j = arg;
-    int b = task % j->blocks, t = task / j->blocks % j->tiles, n = task / j->blocks / j->tiles;
-    size_t hw = plane(&j->in);
-    size_t p0 = (size_t)t * j->tile;
-    int P = (int)(hw - p0 < (size_t)j->tile ? hw - p0 : (size_t)j->tile);
+    int n, P, c0, c1;
+    size_t p0;
+    tiling_task(&j->tiling, task, &n, &p0, &P, &c0, &c1);
     int ci = j->in.c, win = j->in.w;
     size_t ld = round_up((size_t)P, NR), wout = (size_t)j->out.w;
     float *src = slot_scratch(j->ex, slot);
     float *dst = src + (size_t)ci * ld;
-    int c0 = b * j->block, c1 = c0 + j->block < j->out.c ? c0 + j->block : j->out.c;
     pack_rows(&j->in, n, p0, P, src, ld);
     gemm((c1 - c0) * 4, P, ci, j->wt + (size_t)c0 * 4 * ci, (size_t)ci, src, ld, dst, ld, 0);
     for (int c = c0; c < c1; c++) {
@@ -864,11 +889,8 @@ static void up_forward(cpu_exec *ex, const tomo_unet_up *u, const tensor *in, co
                 .bias = ex->base.net->params + u->bias,
                 .wt = ex->wt,
                 .n = n};
-    size_t hw = plane(in);
-    j.tile = tile_len((size_t)ci, hw);
-    j.tiles = (int)((hw + (size_t)j.tile - 1) / (size_t)j.tile);
-    j.blocks = row_blocks(ex, u->out_c, (size_t)n * j.tiles, &j.block);
-    run(ex, n * j.tiles * j.blocks, up_fwd_task, &j);
+    int tasks = tiling_make(ex, (size_t)ci, plane(in), u->out_c, n, &j.tiling);
+    run(ex, tasks, up_fwd_task, &j);
 }
 
 static void up_dw_task(void *arg, int task, int slot)
@@ -895,14 +917,11 @@ static void up_dw_task(void *arg, int task, int slot)
 static void up_din_task(void *arg, int task, int slot)
 {
     up_job *j = arg;
-    int b = task % j->blocks, t = task / j->blocks % j->tiles, n = task / j->blocks / j->tiles;
-    int ci = j->in.c, m = j->out.c * 4;
-    size_t hw = plane(&j->in);
-    size_t p0 = (size_t)t * j->tile;
-    int P = (int)(hw - p0 < (size_t)j->tile ? hw - p0 : (size_t)j->tile);
+    int n, P, c0, c1, m = j->out.c * 4;
+    size_t hw = plane(&j->in), p0;
+    tiling_task(&j->tiling, task, &n, &p0, &P, &c0, &c1);
     size_t ld = round_up((size_t)P, NR);
     float *g = slot_scratch(j->ex, slot);
-    int c0 = b * j->block, c1 = c0 + j->block < ci ? c0 + j->block : ci;
     pack_up_grad(&j->out, n, p0, P, j->in.w, g, ld, 0);
     gemm(c1 - c0, P, m, j->w + (size_t)c0 * m, (size_t)m, g, ld, chan(&j->din, n, c0) + p0, hw, 0);
 }
@@ -934,11 +953,8 @@ static void up_backward(cpu_exec *ex, const tomo_unet_up *u, const tensor *in, c
     j.dw = grad + u->bias;
     run(ex, u->out_c, bias_task, &j);
     if (din) {
-        size_t hw = plane(in);
-        j.tile = tile_len((size_t)u->out_c * 4, hw);
-        j.tiles = (int)((hw + (size_t)j.tile - 1) / (size_t)j.tile);
-        j.blocks = row_blocks(ex, u->in_c, (size_t)n * j.tiles, &j.block);
-        run(ex, n * j.tiles * j.blocks, up_din_task, &j);
+        int tasks = tiling_make(ex, (size_t)u->out_c * 4, plane(in), u->in_c, n, &j.tiling);
+        run(ex, tasks, up_din_task, &j);
     }
 }
 
