@@ -4,13 +4,14 @@
 #include "png.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 static uint32_t crc_table[8][256];
-static int crc_table_ready;
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void crc_table_make(void)
 {
@@ -23,14 +24,11 @@ static void crc_table_make(void)
     for (int t = 1; t < 8; t++)
         for (int n = 0; n < 256; n++)
             crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^ crc_table[0][crc_table[t - 1][n] & 0xff];
-    __atomic_store_n(&crc_table_ready, 1, __ATOMIC_RELEASE);
 }
 
 uint32_t tomo_crc32(uint32_t crc, const void *data, size_t len)
 {
-    /* Racing first calls compute the same table; every byte written is the same value. */
-    if (!__atomic_load_n(&crc_table_ready, __ATOMIC_ACQUIRE))
-        crc_table_make();
+    pthread_once(&crc_once, crc_table_make);
     const unsigned char *p = data;
     uint32_t c = ~crc;
     /* Slicing by 8: eight table lookups per 8 bytes. */
