@@ -43,8 +43,7 @@ int tomo_train_measure(const tomo_train_source *src, double *mean, double *std, 
     size_t pixels = (size_t)src->size * src->size;
     double sum = 0, sum2 = 0, count = 0;
     /* Pixels outside the reconstruction circle are exactly 0 and carry no information about
-       the object: they are left out (all of them counted only if nothing else is there). */
-    double zeros = 0;
+       the object: they are left out. */
     for (int j = 0; j < src->k; j++)
         for (int i = 0; i < n; i++) {
             int z = (int)(((double)i + 0.5) * src->n_slices / n);
@@ -62,7 +61,6 @@ int tomo_train_measure(const tomo_train_source *src, double *mean, double *std, 
                 s2 += v * v;
                 c += 1;
             }
-            zeros += (double)pixels - c;
             src->release(src->ctx, handle);
             sum += s;
             sum2 += s2;
@@ -71,7 +69,6 @@ int tomo_train_measure(const tomo_train_source *src, double *mean, double *std, 
     if (count == 0)
         return tomo_error_set(err, TOMO_E_INVALID,
                               "the split reconstructions are zero everywhere: nothing to train on");
-    (void)zeros;
     double m = sum / count;
     double var = sum2 / count - m * m;
     if (!(var > 0) || !isfinite(var))

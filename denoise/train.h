@@ -69,8 +69,9 @@ typedef struct tomo_train_run_config {
 } tomo_train_run_config;
 
 /*
- * Measures the normalisation: mean and standard deviation (population) of every pixel of up
- * to 16 evenly spaced slices of every split, summed in double in a fixed order.
+ * Measures the normalisation: mean and standard deviation (population) of every nonzero pixel
+ * (0 is outside the reconstruction circle) of up to 16 evenly spaced slices of every split,
+ * summed in double in a fixed order. TOMO_E_INVALID when they are all 0 or all the same.
  */
 int tomo_train_measure(const tomo_train_source *src, double *mean, double *std, tomo_error *err);
 
