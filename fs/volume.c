@@ -1094,7 +1094,10 @@ static void compute(tomo_volume *vol, int variant, int z, tomo_engine_done_fn do
         answer_cancelled(done, arg);
 }
 
-/* The split slices one denoised slice needs, asked for all at once and waited for. */
+/*
+ * Slices asked for at once and waited for: the split slices of a denoised slice, or the one
+ * slice of tomo_volume_fetch.
+ */
 typedef struct gather {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -1121,6 +1124,30 @@ static void gather_done(void *arg, tomo_slice *slice, const tomo_error *err)
     if (--g->remaining == 0)
         pthread_cond_signal(&g->cond);
     pthread_mutex_unlock(&g->lock);
+}
+
+/* `remaining` answers to wait for, into slices[] (which the caller has set to NULL). */
+static void gather_init(gather *g, tomo_slice **slices, int remaining)
+{
+    g->remaining = remaining;
+    g->slices = slices;
+    tomo_error_clear(&g->err);
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+}
+
+static void gather_wait(gather *g)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->remaining > 0)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void gather_destroy(gather *g)
+{
+    pthread_mutex_destroy(&g->lock);
+    pthread_cond_destroy(&g->cond);
 }
 
 /* A new reference to slice z of a split variant if the window holds it, else NULL. */
@@ -1179,10 +1206,8 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
     gather_slot *slots = malloc((size_t)n * sizeof *slots);
     if (!slots)
         return tomo_error_set(err, TOMO_E_NOMEM, "out of memory");
-    gather g = {.remaining = 0, .slices = slices};
-    tomo_error_clear(&g.err);
-    pthread_mutex_init(&g.lock, NULL);
-    pthread_cond_init(&g.cond, NULL);
+    gather g;
+    gather_init(&g, slices, 0);
     for (int i = 0; i < n; i++) {
         int k = i / C, zz = tomo_model_reflect(z - context + i % C, n_slices);
         slices[i] = window_find(d, n, tomo_volume_split_variant(vol, k), zz);
@@ -1201,12 +1226,9 @@ static int gather_inputs(tomo_volume *vol, int z, tomo_slice **slices, tomo_erro
     tomo_error ready_err;
     tomo_error_clear(&ready_err);
     int ready = stopping ? 0 : denoiser_ready(vol, &ready_err);
-    pthread_mutex_lock(&g.lock);
-    while (!stopping && g.remaining > 0)
-        pthread_cond_wait(&g.cond, &g.lock);
-    pthread_mutex_unlock(&g.lock);
-    pthread_mutex_destroy(&g.lock);
-    pthread_cond_destroy(&g.cond);
+    if (!stopping)
+        gather_wait(&g);
+    gather_destroy(&g);
     free(slots);
     int rc = 0;
     if (stopping)
@@ -1368,51 +1390,20 @@ int tomo_volume_split_variant(const tomo_volume *vol, int k)
     return k >= 0 && k < vol->n_splits ? vol->split_variant0 + k : -1;
 }
 
-/* A blocking caller of tomo_volume_fetch. */
-typedef struct fetch_wait {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int finished;
-    tomo_slice *slice;
-    tomo_error err;
-} fetch_wait;
-
-static void fetch_done(void *arg, tomo_slice *slice, const tomo_error *err)
-{
-    fetch_wait *w = arg;
-    pthread_mutex_lock(&w->lock);
-    w->slice = slice ? tomo_slice_ref(slice) : NULL;
-    if (!slice) {
-        if (err)
-            w->err = *err;
-        else
-            tomo_error_set(&w->err, TOMO_E_INTERNAL, "no slice and no reason");
-    }
-    w->finished = 1;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
-}
-
 int tomo_volume_fetch(tomo_volume *vol, int variant, int z, tomo_slice **slice, tomo_error *err)
 {
     *slice = NULL;
     if (variant < 0 || variant >= vol->n_variants || z < 0 || z >= vol->variants[variant].n_slices)
         return tomo_error_set(err, TOMO_E_INVALID, "%s: no slice %d in variant %d", vol->scan->path,
                               z, variant);
-    fetch_wait w = {.finished = 0, .slice = NULL};
-    tomo_error_clear(&w.err);
-    pthread_mutex_init(&w.lock, NULL);
-    pthread_cond_init(&w.cond, NULL);
-    tomo_volume_get(vol, variant, z, fetch_done, &w);
-    pthread_mutex_lock(&w.lock);
-    while (!w.finished)
-        pthread_cond_wait(&w.cond, &w.lock);
-    pthread_mutex_unlock(&w.lock);
-    pthread_mutex_destroy(&w.lock);
-    pthread_cond_destroy(&w.cond);
-    if (!w.slice)
-        return tomo_error_set(err, w.err.code ? w.err.code : TOMO_E_INTERNAL, "%s", w.err.message);
-    *slice = w.slice;
+    gather g;
+    gather_init(&g, slice, 1);
+    gather_slot slot = {&g, 0};
+    tomo_volume_get(vol, variant, z, gather_done, &slot);
+    gather_wait(&g);
+    gather_destroy(&g);
+    if (g.err.code)
+        return tomo_error_set(err, g.err.code, "%s", g.err.message);
     return 0;
 }
 
