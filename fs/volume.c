@@ -1629,6 +1629,21 @@ typedef struct volume_part {
     int i;
 } volume_part;
 
+/* Bytes of one slice's samples in a volume file. */
+static uint64_t slice_data_bytes(const tomo_volume_variant *var)
+{
+    return (uint64_t)var->size * var->size * tomo_sample_bytes(var->dtype);
+}
+
+/* Bytes [*a, *b) of the samples of slice r->z0 + i that the read covers. */
+static void part_range(const volume_read *r, int i, uint64_t *a, uint64_t *b)
+{
+    uint64_t slice_bytes = slice_data_bytes(&r->vol->variants[r->variant]);
+    uint64_t start = (uint64_t)(r->z0 + i) * slice_bytes;
+    *a = r->data0 > start ? r->data0 - start : 0;
+    *b = r->data1 < start + slice_bytes ? r->data1 - start : slice_bytes;
+}
+
 /* Assembles and delivers the bytes once every slice is there (or one failed). */
 static void volume_read_finish(volume_read *r)
 {
@@ -1649,12 +1664,11 @@ static void volume_read_finish(volume_read *r)
             memcpy(buf, header + r->offset, n);
         }
     }
-    uint64_t slice_bytes = (uint64_t)var->size * var->size * tomo_sample_bytes(var->dtype);
+    uint64_t slice_bytes = slice_data_bytes(var);
     for (int i = 0; buf && i < r->n; i++) {
-        uint64_t z = (uint64_t)(r->z0 + i);
-        uint64_t a = r->data0 > z * slice_bytes ? r->data0 - z * slice_bytes : 0;
-        uint64_t b = r->data1 < (z + 1) * slice_bytes ? r->data1 - z * slice_bytes : slice_bytes;
-        uint64_t at = TOMO_NRRD_HEADER_BYTES + z * slice_bytes + a - r->offset;
+        uint64_t a, b;
+        part_range(r, i, &a, &b);
+        uint64_t at = TOMO_NRRD_HEADER_BYTES + (uint64_t)(r->z0 + i) * slice_bytes + a - r->offset;
         tomo_volume_file_bytes(vol, r->variant, NULL, r->slices[i], TOMO_TIFF_DATA_OFFSET + a,
                                (size_t)(b - a), buf + at);
     }
@@ -1712,7 +1726,7 @@ void tomo_volume_read_volume(tomo_volume *vol, int variant, uint64_t offset, siz
     r->arg = arg;
     tomo_error_clear(&r->err);
     pthread_mutex_init(&r->lock, NULL);
-    uint64_t slice_bytes = (uint64_t)var->size * var->size * tomo_sample_bytes(var->dtype);
+    uint64_t slice_bytes = slice_data_bytes(var);
     uint64_t end = offset + length;
     if (end > TOMO_NRRD_HEADER_BYTES && slice_bytes) {
         r->data0 = offset > TOMO_NRRD_HEADER_BYTES ? offset - TOMO_NRRD_HEADER_BYTES : 0;
@@ -1733,11 +1747,10 @@ void tomo_volume_read_volume(tomo_volume *vol, int variant, uint64_t offset, siz
     atomic_init(&r->pending, r->n + 1);
     int n = r->n;
     for (int i = 0; i < n; i++) {
-        uint64_t z = (uint64_t)(r->z0 + i);
-        uint64_t a = r->data0 > z * slice_bytes ? r->data0 - z * slice_bytes : 0;
-        uint64_t b = r->data1 < (z + 1) * slice_bytes ? r->data1 - z * slice_bytes : slice_bytes;
+        uint64_t a, b;
+        part_range(r, i, &a, &b);
         r->parts[i] = (volume_part){r, i};
-        tomo_volume_read(vol, variant, (int)z, TOMO_TIFF_DATA_OFFSET + a, (size_t)(b - a),
+        tomo_volume_read(vol, variant, r->z0 + i, TOMO_TIFF_DATA_OFFSET + a, (size_t)(b - a),
                          volume_part_done, &r->parts[i]);
     }
     if (atomic_fetch_sub(&r->pending, 1) == 1)
