@@ -554,10 +554,12 @@ static void read_done(void *arg, tomo_slice *slice, const tomo_error *err)
         free(r);
         return;
     }
+    /* only the first read of a file covers the header; the kernel's readahead does not */
     unsigned char header[TOMO_TIFF_DATA_OFFSET];
     tomo_error herr;
     tomo_error_clear(&herr);
-    if (tomo_volume_slice_header(vol, r->variant, r->z, header, &herr) < 0) {
+    if (r->offset < TOMO_TIFF_DATA_OFFSET &&
+        tomo_volume_slice_header(vol, r->variant, r->z, header, &herr) < 0) {
         read_failed(r->st, r->variant, r->z, herr.message);
         fuse_reply_err(r->req, EIO);
         free(r);
