@@ -19,71 +19,13 @@
 #include "../../recon/samples.h"
 #include "../../recon/scan.h"
 #include "../../recon/tiffseries.h"
-#include "check.h"
+#define FIXTURE_TMP_NAME "tomo_fmt"
+#include "fixture.h"
 
 /* A count that differs per frame, row and column; below 2^15 so every type holds it. */
 static double pix(int id, int x, int y)
 {
     return (double)((id * 977 + y * 131 + x * 17 + 5) % 30000) + 100.0;
-}
-
-/* ---- temporary directories ---- */
-
-static void make_dir(char dir[64])
-{
-    strcpy(dir, "/tmp/tomo_fmt_XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void remove_dir(const char *dir)
-{
-    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void path_of(char *out, size_t n, const char *dir, const char *name)
-{
-    if (snprintf(out, n, "%s/%s", dir, name) >= (int)n) {
-        fprintf(stderr, "path too long: %s/%s\n", dir, name);
-        exit(1);
-    }
-}
-
-static void write_text(const char *dir, const char *name, const char *text)
-{
-    char path[512];
-    path_of(path, sizeof path, dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(text, 1, strlen(text), f) != strlen(text) || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-}
-
-static void check_open_fails(const char *path, const char *format, int code, const char *want1,
-                             const char *want2)
-{
-    tomo_scan *scan = (tomo_scan *)&scan;
-    tomo_error err;
-    tomo_error_clear(&err);
-    int rc = tomo_scan_open(path, format, &scan, &err);
-    CHECK_INT(rc, -code);
-    CHECK_INT(err.code, code);
-    CHECK(scan == NULL);
-    CHECK_CONTAINS(err.message, want1);
-    CHECK_CONTAINS(err.message, want2);
-    if (rc == 0)
-        tomo_scan_close(scan);
 }
 
 /* Every frame of a scan holds pix(id) where id = frame_id(kind, number). */

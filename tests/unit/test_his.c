@@ -11,7 +11,8 @@
 #include "../../recon/his.h"
 #include "../../recon/scan.h"
 #include "../../recon/spring8.h"
-#include "check.h"
+#define FIXTURE_TMP_NAME "tomo_his"
+#include "fixture.h"
 
 #define DARK_ID 9999
 
@@ -29,47 +30,6 @@ static unsigned pix(int id, int x, int y, int type)
     if (type == TOMO_HIS_TYPE_U8)
         return v & 0xffu;
     return v;
-}
-
-static void make_dir(char dir[64])
-{
-    strcpy(dir, "/tmp/tomo_his_XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void remove_dir(const char *dir)
-{
-    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void path_of(char *out, size_t n, const char *dir, const char *name)
-{
-    if (snprintf(out, n, "%s/%s", dir, name) >= (int)n) {
-        fprintf(stderr, "path too long: %s/%s\n", dir, name);
-        exit(1);
-    }
-}
-
-static void write_bytes(const char *dir, const char *name, const void *bytes, size_t len)
-{
-    char path[512];
-    path_of(path, sizeof path, dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(bytes, 1, len, f) != len || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
 }
 
 typedef struct his_opts {
@@ -219,16 +179,23 @@ static int stream_matches(const tomo_his *his)
     return ok;
 }
 
-static void check_stream(const his_opts *o, const char *what)
+/* Writes stream `o` as a.his in a new directory `dir` and opens it. */
+static int open_written(const his_opts *o, char dir[64], tomo_his *his, tomo_error *err)
 {
-    char dir[64], path[512];
+    char path[512];
     make_dir(dir);
     write_his(dir, "a.his", o);
     path_of(path, sizeof path, dir, "a.his");
+    tomo_error_clear(err);
+    return tomo_his_open(path, his, err);
+}
+
+static void check_stream(const his_opts *o, const char *what)
+{
+    char dir[64];
     tomo_his his;
     tomo_error err;
-    tomo_error_clear(&err);
-    CHECK_INT(tomo_his_open(path, &his, &err), 0);
+    CHECK_INT(open_written(o, dir, &his, &err), 0);
     if (his.fd < 0) {
         fprintf(stderr, "%s: %s\n", what, err.message);
     } else {
@@ -261,14 +228,10 @@ static void test_streams(void)
 
 static void check_stream_fails(const his_opts *o, int code, const char *want1, const char *want2)
 {
-    char dir[64], path[512];
-    make_dir(dir);
-    write_his(dir, "a.his", o);
-    path_of(path, sizeof path, dir, "a.his");
+    char dir[64];
     tomo_his his;
     tomo_error err;
-    tomo_error_clear(&err);
-    CHECK_INT(tomo_his_open(path, &his, &err), -code);
+    CHECK_INT(open_written(o, dir, &his, &err), -code);
     CHECK_INT(his.fd, -1);
     CHECK_CONTAINS(err.message, want1);
     CHECK_CONTAINS(err.message, want2);
@@ -373,7 +336,8 @@ static void test_spring8_his(void)
     check_scan(TOMO_HIS_TYPE_U12, "12-bit packed stream");
 }
 
-static void check_open_fails(const char *dir, int code, const char *want1, const char *want2)
+/* Opening the SPring-8 directory `dir` fails with `code` and a message holding both strings. */
+static void check_scan_fails(const char *dir, int code, const char *want1, const char *want2)
 {
     tomo_scan *scan = (tomo_scan *)&scan;
     tomo_error err;
@@ -392,24 +356,24 @@ static void test_spring8_his_errors(void)
     write_his(dir, "a.his", &o);
     write_dark_img(dir, 9, 6);
     write_bytes(dir, "output.log", LOG, strlen(LOG));
-    check_open_fails(dir, TOMO_E_FORMAT, "output.log lists frame 8 but a.his holds frames 1-7", "");
+    check_scan_fails(dir, TOMO_E_FORMAT, "output.log lists frame 8 but a.his holds frames 1-7", "");
     o.frames = o.declared = 8;
     o.width = 10;
     write_his(dir, "a.his", &o);
-    check_open_fails(dir, TOMO_E_FORMAT, "a.his: frames are 10x6, expected 9x6 like dark.img", "");
+    check_scan_fails(dir, TOMO_E_FORMAT, "a.his: frames are 10x6, expected 9x6 like dark.img", "");
     o.width = 9;
     o.truncate_by = 5;
     write_his(dir, "a.his", &o);
-    check_open_fails(dir, TOMO_E_FORMAT, "a.his: truncated: frame 8", "");
+    check_scan_fails(dir, TOMO_E_FORMAT, "a.his: truncated: frame 8", "");
     o.truncate_by = 0;
     write_his(dir, "a.his", &o);
     write_his(dir, "b.his", &o);
-    check_open_fails(dir, TOMO_E_FORMAT, "several .his streams", "keep one");
+    check_scan_fails(dir, TOMO_E_FORMAT, "several .his streams", "keep one");
     path_of(path, sizeof path, dir, "b.his");
     unlink(path);
     path_of(path, sizeof path, dir, "a.his");
     unlink(path);
-    check_open_fails(dir, TOMO_E_IO, "output.log lists frame 1 but no q*.img file", "");
+    check_scan_fails(dir, TOMO_E_IO, "output.log lists frame 1 but no q*.img file", "");
     remove_dir(dir);
 }
 

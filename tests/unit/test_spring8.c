@@ -14,7 +14,8 @@
 
 #include "../../recon/scan.h"
 #include "../../recon/spring8.h"
-#include "check.h"
+#define FIXTURE_TMP_NAME "tomo_s8"
+#include "fixture.h"
 
 #define DARK_ID 100000
 
@@ -22,51 +23,6 @@
 static unsigned pix(int id, int x, int y)
 {
     return ((unsigned)id * 7919u + (unsigned)y * 1031u + (unsigned)x * 257u + 11u) & 0xffffu;
-}
-
-/* ---- temporary directories ---- */
-
-static void make_dir(char dir[64])
-{
-    strcpy(dir, "/tmp/tomo_s8_XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void remove_dir(const char *dir)
-{
-    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void path_of(char *out, size_t n, const char *dir, const char *name)
-{
-    snprintf(out, n, "%s/%s", dir, name);
-}
-
-static void write_bytes(const char *dir, const char *name, const void *bytes, size_t len)
-{
-    char path[512];
-    path_of(path, sizeof path, dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(bytes, 1, len, f) != len || fclose(f) != 0) {
-        perror(path);
-        exit(1);
-    }
-}
-
-static void write_text(const char *dir, const char *name, const char *text)
-{
-    write_bytes(dir, name, text, strlen(text));
 }
 
 /* ---- HiPic frames ---- */
@@ -583,20 +539,6 @@ static void test_digit_counts(void)
     CHECK(scan == NULL);
     CHECK_CONTAINS(err.message, "q00003.img and q3.img both have frame number 3");
     remove_dir(dir);
-}
-
-/* Opens `dir`, expects failure with `code` and a message holding both strings. */
-static void check_open_fails(const char *dir, const char *format, int code, const char *want1,
-                             const char *want2)
-{
-    tomo_scan *scan = (tomo_scan *)&scan;
-    tomo_error err;
-    tomo_error_clear(&err);
-    CHECK_INT(tomo_scan_open(dir, format, &scan, &err), -code);
-    CHECK_INT(err.code, code);
-    CHECK(scan == NULL);
-    CHECK_CONTAINS(err.message, want1);
-    CHECK_CONTAINS(err.message, want2);
 }
 
 static void test_open_errors(void)
