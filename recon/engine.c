@@ -532,7 +532,6 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Reconstructs slices [z0, z0 + nz) of variant v into out[0..nz). */
 /* Whether this chunk runs on the GPU: one is in use, and the variant needs nothing it lacks. */
 static int gpu_takes(const tomo_engine *engine, const variant_state *vs, int nz)
 {
@@ -556,11 +555,9 @@ static void average_sinograms(float *sino, int n, int zb, size_t stride)
 }
 
 /*
- * Reads the raw rows into the GPU pipeline's pinned buffer and reconstructs them there. A
- * pipeline that cannot be created (out of device memory, say) marks the variant for the CPU,
- * with one warning, instead of failing reads.
+ * Creates the GPU pipeline of a variant. One that cannot be created (out of device memory,
+ * say) marks the variant for the CPU, with one warning, instead of failing reads.
  */
-/* Creates the GPU pipeline of a variant; on failure the variant stays on the CPU. */
 static void start_gpu(tomo_engine *engine, variant_state *vs)
 {
     tomo_cuda_config cc = {
