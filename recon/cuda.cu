@@ -287,23 +287,6 @@ __device__ __forceinline__ int reflect(int i, int n)
     return i < n ? i : period - 1 - i;
 }
 
-/* Sinogram [M][N] -> column-major keys [N][M] and their rows, through a shared tile. */
-__global__ void transpose_kernel(const float *sino, int m_count, int n, float *keys, int *rows)
-{
-    __shared__ float tile[32][33];
-    int x = blockIdx.x * 32 + threadIdx.x, m = blockIdx.y * 32 + threadIdx.y;
-    for (int k = 0; k < 32; k += 8)
-        if (x < n && m + k < m_count)
-            tile[threadIdx.y + k][threadIdx.x] = sino[(long)(m + k) * n + x];
-    __syncthreads();
-    int mm = blockIdx.y * 32 + threadIdx.x, xx = blockIdx.x * 32 + threadIdx.y;
-    for (int k = 0; k < 32; k += 8)
-        if (mm < m_count && xx + k < n) {
-            keys[(long)(xx + k) * m_count + mm] = tile[threadIdx.x][threadIdx.y + k];
-            rows[(long)(xx + k) * m_count + mm] = mm;
-        }
-}
-
 __global__ void offsets_kernel(int *offsets, int n, int m_count)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -343,26 +326,10 @@ __device__ float select_rank(float *w, int n, int k)
 
 #define RINGS_MAX_WINDOW 256
 
-/*
- * The element of rank `rank` among `count` <= K values, by a bitonic sorting network whose
- * indices are all known at compile time, so the window stays in registers.
- */
+/* The element of rank `rank` among `count` <= K values, sorted in registers (network_sort). */
 template <int K> __device__ __forceinline__ float network_rank(float (&w)[K], int rank)
 {
-#pragma unroll
-    for (int k = 2; k <= K; k <<= 1)
-#pragma unroll
-        for (int j = k >> 1; j > 0; j >>= 1)
-#pragma unroll
-            for (int i = 0; i < K; i++) {
-                int l = i ^ j;
-                if (l > i) {
-                    float a = w[i], b = w[l];
-                    bool ascending = (i & k) == 0;
-                    w[i] = ascending ? fminf(a, b) : fmaxf(a, b);
-                    w[l] = ascending ? fmaxf(a, b) : fminf(a, b);
-                }
-            }
+    network_sort<K>(w);
     float found = w[0];
 #pragma unroll
     for (int i = 0; i < K; i++)
@@ -512,6 +479,15 @@ static unsigned blocks_for(long n, int threads)
     return (unsigned)((n + threads - 1) / threads);
 }
 
+/* The ring removal buffers, as the column sort (cuda_stripes.h) takes them. */
+static tomo_cuda_sort_space sort_space(const tomo_cuda *c)
+{
+    tomo_cuda_sort_space space = {c->d_keys,         c->d_keys_sorted, c->d_rows,
+                                  c->d_rows_sorted,  c->d_offsets,     c->d_sort_temp,
+                                  c->sort_temp_bytes};
+    return space;
+}
+
 int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error *err)
 {
     *out = NULL;
@@ -613,9 +589,7 @@ int tomo_cuda_create(const tomo_cuda_config *config, tomo_cuda **out, tomo_error
             "planning the column sort");
         TRY(cudaMalloc(&c->d_sort_temp, c->sort_temp_bytes), "ring removal");
         if (config->rings.method != TOMO_RINGS_SORT) {
-            tomo_cuda_sort_space space = {c->d_keys,         c->d_keys_sorted, c->d_rows,
-                                          c->d_rows_sorted,  c->d_offsets,     c->d_sort_temp,
-                                          c->sort_temp_bytes};
+            tomo_cuda_sort_space space = sort_space(c);
             if ((rc = tomo_cuda_stripes_create(&config->rings, c->M, c->N, &space, &c->stripes,
                                                err)) < 0)
                 goto fail;
@@ -729,12 +703,9 @@ static void remove_rings_slice(tomo_cuda *c, float *sino)
         tomo_cuda_stripes_run(c->stripes, sino, c->compute);
     if (c->config.rings.method != TOMO_RINGS_SORT && c->config.rings.method != TOMO_RINGS_ALL)
         return;
-    dim3 tblock(32, 8), tgrid(blocks_for(c->N, 32), blocks_for(c->M, 32));
-    transpose_kernel<<<tgrid, tblock, 0, c->compute>>>(sino, c->M, c->N, c->d_keys, c->d_rows);
-    size_t temp = c->sort_temp_bytes;
-    cub::DeviceSegmentedSort::StableSortPairs(c->d_sort_temp, temp, c->d_keys, c->d_keys_sorted,
-                                              c->d_rows, c->d_rows_sorted, c->M * c->N, c->N,
-                                              c->d_offsets, c->d_offsets + 1, c->compute);
+    tomo_cuda_sort_space space = sort_space(c);
+    tomo_cuda_columns(&space, sino, c->M, c->N, c->compute);
+    tomo_cuda_sort_columns(&space, c->M, c->N, c->compute);
     dim3 mgrid(blocks_for(c->M, 128), c->N);
     int size = tomo_rings_sort_size(&c->config.rings, c->N);
     if (c->config.rings.dim == 1 && size <= 32)

@@ -394,23 +394,19 @@ static __global__ void columns_kernel(const float *sino, int M, int N, float *ke
         }
 }
 
-/* Ascending sort of w[0..P) by a bitonic network; every index is a compile-time constant. */
-template <int P> __device__ __forceinline__ void network_sort(float (&w)[P])
+void tomo_cuda_columns(const tomo_cuda_sort_space *sp, const float *sino, int M, int N,
+                       cudaStream_t stream)
 {
-#pragma unroll
-    for (int k = 2; k <= P; k <<= 1)
-#pragma unroll
-        for (int j = k >> 1; j > 0; j >>= 1)
-#pragma unroll
-            for (int i = 0; i < P; i++) {
-                int l = i ^ j;
-                if (l > i) {
-                    float a = w[i], b = w[l];
-                    bool up = (i & k) == 0;
-                    w[i] = up ? fminf(a, b) : fmaxf(a, b);
-                    w[l] = up ? fmaxf(a, b) : fminf(a, b);
-                }
-            }
+    columns_kernel<<<dim3(blocks_for(N, 32), blocks_for(M, 32)), dim3(32, 8), 0, stream>>>(
+        sino, M, N, sp->keys, sp->rows);
+}
+
+void tomo_cuda_sort_columns(const tomo_cuda_sort_space *sp, int M, int N, cudaStream_t stream)
+{
+    size_t temp = sp->temp_bytes;
+    cub::DeviceSegmentedSort::StableSortPairs(sp->temp, temp, sp->keys, sp->keys_sorted, sp->rows,
+                                              sp->rows_sorted, M * N, N, sp->offsets,
+                                              sp->offsets + 1, stream);
 }
 
 /*
@@ -558,13 +554,9 @@ static void remove_large(tomo_cuda_stripes *s, float *sino, cudaStream_t stream)
 {
     int M = s->M, N = s->N, size = s->p.la_size;
     const tomo_cuda_sort_space *sp = &s->space;
-    columns_kernel<<<dim3(blocks_for(N, 32), blocks_for(M, 32)), dim3(32, 8), 0, stream>>>(
-        sino, M, N, sp->keys, sp->rows);
+    tomo_cuda_columns(sp, sino, M, N, stream);
     step(s, "large: transposition", stream);
-    size_t temp = sp->temp_bytes;
-    cub::DeviceSegmentedSort::StableSortPairs(sp->temp, temp, sp->keys, sp->keys_sorted, sp->rows,
-                                              sp->rows_sorted, M * N, N, sp->offsets,
-                                              sp->offsets + 1, stream);
+    tomo_cuda_sort_columns(sp, M, N, stream);
     step(s, "large: column sort", stream);
     /* the unsorted keys are no longer needed: they become the smoothed image */
     float *smooth = sp->keys;

@@ -56,6 +56,39 @@ typedef struct tomo_cuda_sort_space {
     size_t temp_bytes;
 } tomo_cuda_sort_space;
 
+/*
+ * The column sort of algorithms 3 and 5 on `stream`, in two steps: tomo_cuda_columns() writes
+ * the device sinogram `sino` (n_rows x width, row-major) column by column into space->keys,
+ * and each value's row into space->rows; tomo_cuda_sort_columns() then sorts every column
+ * stably into space->keys_sorted and space->rows_sorted (rank r of column x at x n_rows + r).
+ */
+void tomo_cuda_columns(const tomo_cuda_sort_space *space, const float *sino, int n_rows, int width,
+                       cudaStream_t stream);
+void tomo_cuda_sort_columns(const tomo_cuda_sort_space *space, int n_rows, int width,
+                            cudaStream_t stream);
+
+/*
+ * Ascending sort of w[0..P) by a bitonic network (P a power of two). Every index is a
+ * compile-time constant, so w stays in registers.
+ */
+template <int P> __device__ __forceinline__ void network_sort(float (&w)[P])
+{
+#pragma unroll
+    for (int k = 2; k <= P; k <<= 1)
+#pragma unroll
+        for (int j = k >> 1; j > 0; j >>= 1)
+#pragma unroll
+            for (int i = 0; i < P; i++) {
+                int l = i ^ j;
+                if (l > i) {
+                    float a = w[i], b = w[l];
+                    bool up = (i & k) == 0;
+                    w[i] = up ? fminf(a, b) : fmaxf(a, b);
+                    w[l] = up ? fmaxf(a, b) : fminf(a, b);
+                }
+            }
+}
+
 typedef struct tomo_cuda_stripes tomo_cuda_stripes;
 
 /*
