@@ -397,20 +397,45 @@ __device__ __forceinline__ void position(float x, float cs, float base, float to
 #define TRIG_CONST_MAX 7936
 __constant__ float2 const_trig[TRIG_CONST_MAX];
 
+/*
+ * The pixel of this thread in the back-projection kernels: false when it lies outside the
+ * image; *inside when it lies in the reconstruction circle, at (*fx, *fy).
+ */
+__device__ __forceinline__ bool bp_pixel(int size, const float *xs, const float *ys, double r2,
+                                         int *h, int *v, bool *inside, float *fx, float *fy)
+{
+    *h = blockIdx.x * blockDim.x + threadIdx.x;
+    *v = blockIdx.y * blockDim.y + threadIdx.y;
+    if (*h >= size || *v >= size)
+        return false;
+    double x = xs[*h], y = ys[*v];
+    *inside = x * x + y * y <= r2;
+    *fx = (float)x;
+    *fy = (float)y;
+    return true;
+}
+
+/* The sums of pixel (h, v) into the first n_slices images. */
+__device__ __forceinline__ void bp_store(const float (&acc)[GROUP], int n_slices, int size, int h,
+                                         int v, float *images)
+{
+    for (int s = 0; s < n_slices; s++)
+        images[(long)s * size * size + (long)v * size + h] = acc[s];
+}
+
 template <bool CONST_TRIG>
 __global__ void bp_exact_kernel(const float2 *table, const float2 *trig, int m_count, int n,
                                 int size, int n_slices, const float *xs, const float *ys, double r2,
                                 float c1, float *images)
 {
-    int h = blockIdx.x * blockDim.x + threadIdx.x;
-    int v = blockIdx.y * blockDim.y + threadIdx.y;
-    if (h >= size || v >= size)
+    int h, v;
+    bool inside;
+    float fx, fy;
+    if (!bp_pixel(size, xs, ys, r2, &h, &v, &inside, &fx, &fy))
         return;
-    double x = xs[h], y = ys[v];
     float acc[GROUP] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (x * x + y * y <= r2) {
+    if (inside) {
         const float top = (float)(n + 1);
-        const float fx = (float)x, fy = (float)y;
         const long slice_stride = (long)m_count * (n + 2);
         for (int m = 0; m < m_count; m++) {
             float2 cs = CONST_TRIG ? const_trig[m] : __ldg(&trig[m]);
@@ -427,8 +452,7 @@ __global__ void bp_exact_kernel(const float2 *table, const float2 *trig, int m_c
                 }
         }
     }
-    for (int s = 0; s < n_slices; s++)
-        images[(long)s * size * size + (long)v * size + h] = acc[s];
+    bp_store(acc, n_slices, size, h, v, images);
 }
 
 __device__ __forceinline__ void accumulate4(uint4 word, float t, float *acc)
@@ -446,15 +470,14 @@ __global__ void bp_fast_kernel(const uint4 *packed, const float2 *trig, int m_co
                                int size, int n_slices, const float *xs, const float *ys, double r2,
                                float c1, float *images)
 {
-    int h = blockIdx.x * blockDim.x + threadIdx.x;
-    int v = blockIdx.y * blockDim.y + threadIdx.y;
-    if (h >= size || v >= size)
+    int h, v;
+    bool inside;
+    float fx, fy;
+    if (!bp_pixel(size, xs, ys, r2, &h, &v, &inside, &fx, &fy))
         return;
-    double x = xs[h], y = ys[v];
     float acc[GROUP] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (x * x + y * y <= r2) {
+    if (inside) {
         const float top = (float)(n + 1);
-        const float fx = (float)x, fy = (float)y;
 #pragma unroll 4
         for (int m = 0; m < m_count; m++) {
             float2 cs = CONST_TRIG ? const_trig[m] : __ldg(&trig[m]);
@@ -467,8 +490,7 @@ __global__ void bp_fast_kernel(const uint4 *packed, const float2 *trig, int m_co
             accumulate4(__ldg(entry + 1), t, acc + 4);
         }
     }
-    for (int s = 0; s < n_slices; s++)
-        images[(long)s * size * size + (long)v * size + h] = acc[s];
+    bp_store(acc, n_slices, size, h, v, images);
 }
 
 /* ------------------------------------------------------------------------------------------ */
