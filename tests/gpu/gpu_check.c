@@ -29,6 +29,7 @@
 
 #include "../../fs/volume.h"
 #include "../../recon/cuda.h"
+#include "../../tools/bench/rings_sinogram.h"
 
 #define EXACT_TOLERANCE 1e-5
 #define FAST_TOLERANCE  2e-3
@@ -297,60 +298,7 @@ static uint64_t rng_state;
 
 static double uniform(void)
 {
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(rng_state >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/*
- * The synthetic sinogram of tools/bench/rings_bench.c, value for value: the sinusoids of 40
- * off-centre discs, noise, and a stripe every 50 columns (offsets, gains, dead columns,
- * partial stripes).
- */
-static void bench_sinogram(float *sino, int M, int N)
-{
-    enum { DISCS = 40 };
-    double x[DISCS], y[DISCS], rad[DISCS], mu[DISCS];
-    rng_state = 0x9e3779b97f4a7c15ULL;
-    for (int d = 0; d < DISCS; d++) {
-        double r = 0.4 * N * sqrt(uniform()), a = 2 * M_PI * uniform();
-        x[d] = r * cos(a);
-        y[d] = r * sin(a);
-        rad[d] = (0.02 + 0.08 * uniform()) * N;
-        mu[d] = 0.002 + 0.01 * uniform();
-    }
-    double c = 0.5 * N;
-    for (int m = 0; m < M; m++) {
-        double th = M_PI * m / M, ct = cos(th), st = sin(th);
-        float *row = sino + (size_t)m * N;
-        for (int j = 0; j < N; j++)
-            row[j] = 0;
-        for (int d = 0; d < DISCS; d++) {
-            double u0 = x[d] * ct + y[d] * st + c;
-            int a = (int)floor(u0 - rad[d]), b = (int)ceil(u0 + rad[d]);
-            for (int j = a < 0 ? 0 : a; j <= b && j < N; j++) {
-                double t = (j - u0) / rad[d];
-                if (t * t < 1)
-                    row[j] += (float)(2 * rad[d] * mu[d] * sqrt(1 - t * t));
-            }
-        }
-        for (int j = 0; j < N; j++)
-            row[j] += (float)(0.01 * (uniform() - 0.5));
-    }
-    for (int s = 0; s < N / 50; s++) {
-        int j = (int)(uniform() * N);
-        int kind = s % 4;
-        for (int m = 0; m < M; m++) {
-            float *v = sino + (size_t)m * N + j;
-            if (kind == 0)
-                *v += 0.02f;
-            else if (kind == 1)
-                *v *= 1.05f;
-            else if (kind == 2)
-                *v = 0.5f;
-            else if (m > M / 3 && m < M / 2)
-                *v -= 0.03f;
-        }
-    }
+    return rings_uniform(&rng_state);
 }
 
 enum { DATA_SMOOTH, DATA_TIES, DATA_FLAT, DATA_SIGNED, DATA_KINDS };
@@ -534,7 +482,7 @@ static int bench_rings(int n, int m, int size, int repeat, const char *methods)
         fprintf(stderr, "gpu_check: out of memory\n");
         return 1;
     }
-    bench_sinogram(orig, m, n);
+    rings_sinogram(orig, m, n);
     char name[128];
     tomo_cuda_device_count(name, sizeof name);
     printf("ring removal of a %d x %d sinogram (projections x columns), %s, GPU best of %d "

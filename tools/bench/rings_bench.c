@@ -23,6 +23,7 @@
 
 #include "../../common/pool.h"
 #include "../../recon/rings.h"
+#include "rings_sinogram.h"
 
 static double now(void)
 {
@@ -36,61 +37,6 @@ static double cpu_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
-
-static double uniform(void)
-{
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(rng_state >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static void make_sinogram(float *sino, int M, int N)
-{
-    enum { DISCS = 40 };
-    double x[DISCS], y[DISCS], rad[DISCS], mu[DISCS];
-    for (int d = 0; d < DISCS; d++) {
-        double r = 0.4 * N * sqrt(uniform()), a = 2 * M_PI * uniform();
-        x[d] = r * cos(a);
-        y[d] = r * sin(a);
-        rad[d] = (0.02 + 0.08 * uniform()) * N;
-        mu[d] = 0.002 + 0.01 * uniform();
-    }
-    double c = 0.5 * N;
-    for (int m = 0; m < M; m++) {
-        double th = M_PI * m / M, ct = cos(th), st = sin(th);
-        float *row = sino + (size_t)m * N;
-        for (int j = 0; j < N; j++)
-            row[j] = 0;
-        for (int d = 0; d < DISCS; d++) {
-            double u0 = x[d] * ct + y[d] * st + c;
-            int a = (int)floor(u0 - rad[d]), b = (int)ceil(u0 + rad[d]);
-            for (int j = a < 0 ? 0 : a; j <= b && j < N; j++) {
-                double t = (j - u0) / rad[d];
-                if (t * t < 1)
-                    row[j] += (float)(2 * rad[d] * mu[d] * sqrt(1 - t * t));
-            }
-        }
-        for (int j = 0; j < N; j++)
-            row[j] += (float)(0.01 * (uniform() - 0.5));
-    }
-    /* stripes: offsets, gains, dead columns, partial stripes */
-    for (int s = 0; s < N / 50; s++) {
-        int j = (int)(uniform() * N);
-        int kind = s % 4;
-        for (int m = 0; m < M; m++) {
-            float *v = sino + (size_t)m * N + j;
-            if (kind == 0)
-                *v += 0.02f;
-            else if (kind == 1)
-                *v *= 1.05f;
-            else if (kind == 2)
-                *v = 0.5f;
-            else if (m > M / 3 && m < M / 2)
-                *v -= 0.03f;
-        }
-    }
 }
 
 struct chunk_task {
@@ -143,7 +89,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "rings_bench: out of memory\n");
         return 1;
     }
-    make_sinogram(orig, M, N);
+    rings_sinogram(orig, M, N);
     printf("sinogram %d x %d (projections x columns), %d threads, best of %d\n", M, N, T, repeat);
     printf("%-8s %12s %12s %12s %14s\n", "method", "1 thread", "(CPU time)", "T threads",
            "T sinograms");
