@@ -207,16 +207,34 @@ out:
     return status;
 }
 
-static int parse_range(int argc, char **argv, int first, const tomo_volume *vol, int *z0, int *z1)
+/*
+ * The start of split and denoise: opens SCAN (argv[first]) with the model off for split,
+ * checks the slice range Z0..Z1, that denoise has a model, makes OUTDIR and starts the volume.
+ * Prints what failed and returns NULL.
+ */
+static tomo_volume *start_range(char **argv, int first, const args *a, int denoise, int *z0,
+                                int *z1)
 {
+    tomo_volume *vol = open_volume(argv[first], a->options, !denoise);
+    if (!vol)
+        return NULL;
+    const char *outdir = argv[first + 1];
+    tomo_error err;
+    tomo_error_clear(&err);
     *z0 = atoi(argv[first + 2]);
     *z1 = atoi(argv[first + 3]);
-    if (*z0 < 0 || *z1 <= *z0 || *z1 > vol->scan->rows) {
+    if (*z0 < 0 || *z1 <= *z0 || *z1 > vol->scan->rows)
         fprintf(stderr, "n2i_tool: slices %d..%d outside 0..%d\n", *z0, *z1, vol->scan->rows);
-        return -1;
-    }
-    (void)argc;
-    return 0;
+    else if (denoise && !vol->denoiser)
+        fprintf(stderr, "n2i_tool: no model at %s\n", vol->model_path);
+    else if (mkdir(outdir, 0755) < 0 && errno != EEXIST)
+        fprintf(stderr, "n2i_tool: %s: %s\n", outdir, strerror(errno));
+    else if (tomo_volume_start(vol, &err) < 0)
+        fprintf(stderr, "n2i_tool: %s\n", err.message);
+    else
+        return vol;
+    tomo_volume_close(vol);
+    return NULL;
 }
 
 static int cmd_split(int argc, char **argv)
@@ -225,21 +243,13 @@ static int cmd_split(int argc, char **argv)
     int first = parse_flags(argc, argv, &a);
     if (first < 0 || argc - first != 4)
         return usage();
-    tomo_volume *vol = open_volume(argv[first], a.options, 1);
+    int z0, z1, status = 1;
+    tomo_volume *vol = start_range(argv, first, &a, 0, &z0, &z1);
     if (!vol)
         return 1;
     const char *outdir = argv[first + 1];
     tomo_error err;
     tomo_error_clear(&err);
-    int z0, z1, status = 1;
-    if (parse_range(argc, argv, first, vol, &z0, &z1) < 0)
-        goto out;
-    if (mkdir(outdir, 0755) < 0 && errno != EEXIST) {
-        fprintf(stderr, "n2i_tool: %s: %s\n", outdir, strerror(errno));
-        goto out;
-    }
-    if (tomo_volume_start(vol, &err) < 0)
-        goto fail;
     char path[4200];
     snprintf(path, sizeof path, "%s/info.txt", outdir);
     FILE *info = fopen(path, "w");
@@ -276,27 +286,15 @@ static int cmd_denoise(int argc, char **argv)
     int first = parse_flags(argc, argv, &a);
     if (first < 0 || argc - first != 4)
         return usage();
-    tomo_volume *vol = open_volume(argv[first], a.options, 0);
+    int z0, z1, status = 1;
+    tomo_volume *vol = start_range(argv, first, &a, 1, &z0, &z1);
     if (!vol)
         return 1;
     const char *outdir = argv[first + 1];
     tomo_error err;
     tomo_error_clear(&err);
-    int z0, z1, status = 1;
     tomo_n2i *n2i = NULL;
     float *out = NULL;
-    if (parse_range(argc, argv, first, vol, &z0, &z1) < 0)
-        goto out;
-    if (!vol->denoiser) {
-        fprintf(stderr, "n2i_tool: no model at %s\n", vol->model_path);
-        goto out;
-    }
-    if (mkdir(outdir, 0755) < 0 && errno != EEXIST) {
-        fprintf(stderr, "n2i_tool: %s: %s\n", outdir, strerror(errno));
-        goto out;
-    }
-    if (tomo_volume_start(vol, &err) < 0)
-        goto fail;
     /* the model is the volume's; the denoiser of the mount is not used */
     tomo_model *model = NULL;
     if (tomo_model_load(vol->model_path, &model, &err) < 0)
